@@ -1,0 +1,234 @@
+"""``ebft <command>``: the entry point every Snakemake rule calls.
+
+Rules pass the resolved config sections as JSON strings (``--spec``), so a rule's shell line is the full
+record of what a job did, and Snakemake reruns a job when its parameters change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ebft")
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text[:200]}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+# ------------------------------------------------------------------------------------------- commands
+def cmd_prepare_data(args: argparse.Namespace) -> None:
+    from ebft.data.prepare import prepare_task
+
+    manifest = prepare_task(args.task, args.spec, Path(args.out))
+    log.info("prepared %s: %s", args.task, json.dumps(manifest.get("counts", manifest)))
+
+
+def _read_records(paths: list[str]) -> list[dict[str, Any]]:
+    from ebft.data.jsonl import read_jsonl
+
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        rows.extend(read_jsonl(p))
+    return rows
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from ebft.tokenizer import limited, train_bpe
+
+    texts = (r.get("question", "") + r["answer"] for r in _interleave([_read_records([p]) for p in args.data]))
+    tok = train_bpe(limited(texts, args.max_chars), args.vocab_size, args.out)
+    log.info("tokenizer with %d tokens written to %s", len(tok), args.out)
+
+
+def _interleave(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Round-robin over several corpora so a character budget samples all of them."""
+    out: list[dict[str, Any]] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from ebft.config import TrainConfig
+    from ebft.data.packing import pack_records
+    from ebft.modeling import build_tiny_model, count_parameters, load_tokenizer
+    from ebft.objectives import SFTObjective
+    from ebft.trainer import Trainer
+
+    spec = args.spec
+    tok = load_tokenizer(args.tokenizer)
+    records = _interleave([_read_records([p]) for p in args.data])
+    pt = spec["pretrain"]
+    packed = pack_records(records, tok, pt["seq_len"], "unstructured")
+    model = build_tiny_model(spec, tok, seed=pt.get("seed", 0))
+    log.info("pretraining %s (%d parameters) on %d chunks x %d tokens", spec.get("architecture"),
+             count_parameters(model), len(packed), pt["seq_len"])
+    cfg = TrainConfig.from_dict({**pt, "micro_batch_size": pt.get("micro_batch_size", pt["batch_size"])})
+    Trainer(cfg, args.out, fingerprint_extra={"spec": spec}).fit(model, tok, packed, SFTObjective())
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ebft.config import TrainConfig
+    from ebft.data.packing import pack_records
+    from ebft.modeling import load_model, load_tokenizer
+    from ebft.objectives import SFTObjective
+    from ebft.trainer import Trainer
+
+    task_spec, spec = args.task_spec, args.spec
+    tok = load_tokenizer(args.init)
+    model = load_model(args.init)
+    cfg = TrainConfig.from_dict(spec, seed=args.seed, seq_len=task_spec["seq_len"])
+    train = _read_records([str(Path(args.data) / "train.jsonl")])
+    if args.method != "sft":
+        raise SystemExit(f"ebft train: method {args.method!r} is not available in this build")
+    dataset = pack_records(train, tok, cfg.seq_len, task_spec["kind"])
+    objective = SFTObjective()
+    log.info("training %s on %s: %d chunks of %d tokens, %d target tokens", args.method, args.task,
+             len(dataset), cfg.seq_len, dataset.num_target_tokens)
+    trainer = Trainer(cfg, args.out, fingerprint_extra={"method": args.method, "task": task_spec,
+                                                          "init": str(args.init)})
+    summary = trainer.fit(model, tok, dataset, objective)
+    log.info("done: %s", summary)
+
+
+def cmd_evaluate_ce(args: argparse.Namespace) -> None:
+    from ebft.data.packing import pack_records
+    from ebft.evaluation.ce import validation_ce
+    from ebft.evaluation.results import make_result, write_result
+    from ebft.modeling import load_model, load_tokenizer
+
+    tok = load_tokenizer(args.model)
+    model = load_model(args.model)
+    records = _read_records([args.data])
+    packed = pack_records(records, tok, args.task_spec["seq_len"], args.task_spec["kind"],
+                          max_chunks=args.spec.get("max_chunks"))
+    t0 = time.time()
+    metrics = validation_ce(model, packed, batch_size=args.spec.get("batch_size", 16))
+    log.info("CE of %s on %d chunks in %.1fs: %s", args.model, len(packed), time.time() - t0, metrics)
+    result = make_result("ce", args.meta, metrics, model=args.model, config={**args.spec, **args.task_spec})
+    write_result(args.out, result)
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from ebft.report.tables import aggregate
+
+    aggregate([Path(p) for p in args.results], Path(args.tables), Path(args.figures))
+
+
+def cmd_timings(args: argparse.Namespace) -> None:
+    """Per-rule wall times from Snakemake ``benchmark:`` files (one TSV per job)."""
+    import pandas as pd
+
+    root = Path(args.root)
+    rows = []
+    for tsv in sorted(root.rglob("*.tsv")):
+        rule = tsv.relative_to(root).parts[0].removesuffix(".tsv")
+        frame = pd.read_csv(tsv, sep="\t")
+        rows.append({"rule": rule, "job": str(tsv.relative_to(root).with_suffix("")), "s": float(frame["s"].iloc[-1])})
+    if not rows:
+        print(f"no benchmark files under {root}")
+        return
+    jobs = pd.DataFrame(rows)
+    table = jobs.groupby("rule", sort=False)["s"].agg(jobs="count", total_s="sum", max_s="max")
+    print(table.sort_values("total_s", ascending=False).round(1).to_string())
+    print(f"sum over jobs: {jobs['s'].sum():.1f} s")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from ebft.hub import download
+
+    download(args.kind, args.repo_id, Path(args.out), revision=args.revision)
+
+
+# --------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ebft", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("prepare-data", help="write results/data/{task}/{train,valid,test}.jsonl for one task")
+    s.add_argument("--task", required=True, help="task name (a key of config `tasks`)")
+    s.add_argument("--spec", type=_json, required=True, help="the task's `data` section as JSON")
+    s.add_argument("--out", required=True, help="output directory")
+    s.set_defaults(func=cmd_prepare_data)
+
+    s = sub.add_parser("train-tokenizer", help="train the tiny default's byte-level BPE tokenizer")
+    s.add_argument("--data", nargs="+", required=True, help="train.jsonl files")
+    s.add_argument("--vocab-size", type=int, required=True)
+    s.add_argument("--max-chars", type=int, default=4_000_000, help="characters of text to train on")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_train_tokenizer)
+
+    s = sub.add_parser("pretrain", help="pretrain a tiny causal LM from scratch (the tiny default's base)")
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--data", nargs="+", required=True, help="train.jsonl files (all tokens are targets)")
+    s.add_argument("--spec", type=_json, required=True, help="the `models.<name>` section as JSON")
+    s.add_argument("--out", required=True, help="run directory: writes <out>/model and <out>/train_log.jsonl")
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("train", help="fine-tune with one method (resumes from <out>/resume when present)")
+    s.add_argument("--method", required=True, choices=["sft", "rlvr", "ebft"])
+    s.add_argument("--task", required=True)
+    s.add_argument("--task-spec", type=_json, required=True, help="the `tasks.<task>` section as JSON")
+    s.add_argument("--spec", type=_json, required=True, help="the resolved method variant as JSON")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--init", required=True, help="model to start from (directory or hub id)")
+    s.add_argument("--data", required=True, help="task data directory with train.jsonl")
+    s.add_argument("--out", required=True, help="run directory")
+    s.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a model; writes one JSON result")
+    evs = ev.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
+    s = evs.add_parser("ce", help="validation cross-entropy (all tokens and answer tokens)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True, help="valid.jsonl")
+    s.add_argument("--task-spec", type=_json, required=True)
+    s.add_argument("--spec", type=_json, default={}, help="the `evaluation.ce` section as JSON")
+    s.add_argument("--meta", type=_json, required=True, help="task, method, variant, seed, step")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_evaluate_ce)
+
+    s = sub.add_parser("aggregate", help="tables (CSV + HTML) and figures (SVG) from evaluation results")
+    s.add_argument("--results", nargs="+", required=True)
+    s.add_argument("--tables", required=True, help="output directory for tables")
+    s.add_argument("--figures", required=True, help="output directory for figures")
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("timings", help="per-rule wall times from the workflow's benchmark files")
+    s.add_argument("root", nargs="?", default="results/benchmarks/rules")
+    s.set_defaults(func=cmd_timings)
+
+    s = sub.add_parser("download", help="materialise a hub model or dataset locally (needs network)")
+    s.add_argument("kind", choices=["model", "dataset"])
+    s.add_argument("--repo-id", required=True)
+    s.add_argument("--revision", default=None)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_download)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""Materialising hub models and datasets into ``resources/hf/{slug}`` (run where there is network).
+
+GPU jobs then run with ``HF_HUB_OFFLINE=1`` and read local paths only. The slug of ``owner/name`` is
+``owner--name`` so that paths stay flat and wildcard-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def slug(repo_id: str) -> str:
+    """``Qwen/Qwen2.5-1.5B`` -> ``Qwen--Qwen2.5-1.5B`` (no slash, safe as a wildcard value)."""
+    return repo_id.replace("/", "--")
+
+
+def download(kind: str, repo_id: str, out: Path, *, revision: str | None = None) -> Path:
+    """Snapshot ``repo_id`` (a model or dataset repository) into ``out`` atomically."""
+    from huggingface_hub import snapshot_download
+
+    if kind not in ("model", "dataset"):
+        raise ValueError(f"kind must be 'model' or 'dataset', got {kind!r}")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.partial")
+    log.info("downloading %s %s (revision %s) to %s", kind, repo_id, revision or "main", out)
+    snapshot_download(repo_id, repo_type=kind, revision=revision, local_dir=str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

@@ -1,0 +1,56 @@
+"""Training objectives: the only part of a run that differs between methods.
+
+Each objective implements :class:`ebft.trainer.Objective`. Metric names follow the shared namespace
+(``train/loss``, ``train/ce``, ``train/rl_loss``, ``train/reward``, ``train/kl``, then ``ebft/*``, ``rlvr/*``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+
+def masked_token_nll(
+    model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token negative log-likelihood over masked targets.
+
+    ``input_ids``, ``loss_mask``: [B, L]. Target ``input_ids[:, j+1]`` is predicted by logit row ``j`` and
+    counts where ``loss_mask[:, j+1] == 1``. Returns (mean NLL as a 0-dim tensor, number of target tokens).
+    """
+    logits = model(input_ids=input_ids).logits[:, :-1].float()  # [B, L-1, V]
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, 1:].to(logits.dtype)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    n = mask.sum()
+    return (nll * mask.reshape(-1)).sum() / n.clamp_min(1.0), n
+
+
+class SFTObjective:
+    """Teacher-forced cross-entropy: ``loss = mean over target tokens of -log p(x_{j+1} | x_{<=j})``.
+
+    Targets come from the packed ``loss_mask``: answer tokens (+ their closing EOS) for question/answer
+    tasks, every real token for unstructured data (see :mod:`ebft.data.packing`). Pretraining the tiny base
+    model uses the same objective on unstructured packing of all training corpora.
+    """
+
+    name = "sft"
+
+    def setup(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
+        self.accelerator = accelerator
+
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, n = masked_token_nll(model, batch["input_ids"], batch["loss_mask"])
+        value = float(loss.detach())
+        return loss, {"train/loss": value, "train/ce": value, "train/target_tokens": float(n)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

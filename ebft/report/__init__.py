@@ -1,0 +1,1 @@
+"""Tables and figures built from evaluation results (``results/eval/**.json``)."""

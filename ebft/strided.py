@@ -1,0 +1,851 @@
+"""Strided block-parallel sampling and scoring (EBFT spec, section 2).
+
+Geometry
+--------
+A training chunk ``x`` has ``L`` tokens. Block ``k`` (``k = 0 … K-1``) has the nested prefix
+``c_k = x[0 : C + k*s]`` and a ground-truth continuation ``y_k = x[C + k*s : C + k*s + G]``, where ``C`` is
+the context length of block 0, ``s`` the stride and ``G`` the number of generated tokens per block::
+
+    K = (L - G - C) / s + 1          (must be an integer)
+    S = L + G * K                    (length of the full sequence after generation)
+
+Full-sequence layout (step-major, block-minor)
+----------------------------------------------
+::
+
+    positions 0 … L-1       the ground-truth chunk x (never modified)
+    position  L + t*K + k   generated token t (t = 0 … G-1) of block k
+
+``generated`` tensors returned by the samplers are *block-major*: ``[B, n, K, G]`` (``n`` = samples per
+chunk). :func:`build_strided_sequence` turns ``input_ids [B, L]`` plus ``generated [B, n, K, G]`` into the
+step-major full sequence ``[B*n, S]`` (the ``n`` samples of a chunk are consecutive rows), and
+:func:`split_strided_sequence` inverts it. :func:`gen_region_to_block_major` /
+:func:`block_major_to_gen_region` do the same reshaping for per-token tensors with trailing dimensions
+(for example hidden states ``[B*n, G*K, D] <-> [B*n, K, G, D]``).
+
+Attention mask and position ids
+-------------------------------
+With ``t`` generation steps present (``generation_step = t``, ``0 <= t <= G``) the sequence has length
+``S_t = L + t*K``. Query row ``q`` may attend key column ``j`` iff
+
+* chunk row ``q < L``: ``j <= q`` (plain causal attention, never a generated column);
+* generated row ``q = L + t'*K + k``: ``j < C + k*s`` (block ``k``'s prefix), or ``j = L + t''*K + k`` with
+  ``t'' <= t'`` (its own block's earlier generated tokens and itself).
+
+The mask is additive, in the model dtype: ``0`` where allowed, ``torch.finfo(dtype).min`` where forbidden
+(never a bool mask: the eager attention of ``transformers`` would *add* a bool mask as 0/1), with shape
+``[1, 1, S_t, S_t]`` broadcast over the batch. Position ids ``[1, S_t]``: chunk token ``j`` gets ``j``,
+generated token ``(t, k)`` gets ``C + k*s + t``, the position of its ground-truth counterpart. Hence each
+block is computed exactly as a plain causal forward over ``c_k || ŷ_k``.
+
+Which logit predicts which token (used both when sampling and when scoring)
+---------------------------------------------------------------------------
+* chunk target ``x[j+1]``: row ``j``;
+* first generated token of block ``k``: row ``C + k*s - 1`` (last prefix token);
+* generated token ``(t >= 1, k)``: row ``L + (t-1)*K + k`` (previous token of the same block).
+
+This is *not* the ordinary causal shift of the full sequence.
+
+Sampling
+--------
+:func:`strided_generate` prefills the chunk once with a causal forward (KV cache), reads step-0 logits at
+rows ``C + k*s - 1``, replicates the cache over the ``n`` samples and then runs ``G - 1`` incremental forwards
+that each feed the ``K`` tokens of the previous step (one per block) with the mask rows of
+:func:`build_strided_step_mask_and_positions`. :func:`strided_generate_recompute` is the reference path
+(full forward over the growing sequence at every step, no cache); both consume the random generator
+identically (one ``torch.multinomial`` call per step over ``[B*n*K, V]`` probabilities).
+
+Scoring
+-------
+:func:`strided_logprobs` runs one forward (with gradients) over the full ``[B*n, S]`` sequences with the
+complete strided mask, and gathers log-probabilities from the final hidden states in row chunks, so the
+``[S, vocab]`` float32 logits are never materialised (each chunk is recomputed in the backward pass via
+activation checkpointing).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "StridedLayout",
+    "StridedSample",
+    "additive_mask",
+    "block_major_to_gen_region",
+    "build_strided_allowed",
+    "build_strided_mask_and_positions",
+    "build_strided_sequence",
+    "build_strided_step_mask_and_positions",
+    "extend_chunk_metadata",
+    "gen_region_to_block_major",
+    "sample_tokens",
+    "split_strided_sequence",
+    "strided_generate",
+    "strided_generate_recompute",
+    "strided_generate_with_logprobs",
+    "strided_logprobs",
+    "strided_sample",
+]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StridedLayout:
+    """Geometry of strided block-parallel sampling over one chunk.
+
+    Attributes:
+        seq_len: ``L``, chunk length.
+        context_len: ``C``, prefix length of block 0 (block ``k`` sees ``C + k*s`` tokens).
+        stride: ``s``, offset between consecutive block starts.
+        gen_len: ``G``, tokens generated per block.
+
+    Raises:
+        ValueError: if a value is not a positive integer, if ``C + G > L``, or if ``(L - G - C)`` is not
+            divisible by ``s``.
+    """
+
+    seq_len: int
+    context_len: int
+    stride: int
+    gen_len: int
+
+    def __post_init__(self) -> None:
+        values = {
+            "seq_len": self.seq_len,
+            "context_len": self.context_len,
+            "stride": self.stride,
+            "gen_len": self.gen_len,
+        }
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(
+                    f"StridedLayout: {name} must be a positive integer, got {value!r} ({values})"
+                )
+        span = self.seq_len - self.gen_len - self.context_len
+        if span < 0:
+            raise ValueError(
+                f"StridedLayout: need context_len + gen_len <= seq_len, got context_len={self.context_len} + "
+                f"gen_len={self.gen_len} > seq_len={self.seq_len}"
+            )
+        if span % self.stride != 0:
+            raise ValueError(
+                f"StridedLayout: (seq_len - gen_len - context_len) must be divisible by stride, got "
+                f"({self.seq_len} - {self.gen_len} - {self.context_len}) = {span} and stride={self.stride}"
+            )
+
+    @property
+    def num_blocks(self) -> int:
+        """``K = (L - G - C) / s + 1``."""
+        return (self.seq_len - self.gen_len - self.context_len) // self.stride + 1
+
+    @property
+    def total_len(self) -> int:
+        """``S = L + G*K``, the full sequence length after generation."""
+        return self.seq_len + self.gen_len * self.num_blocks
+
+    def current_len(self, generation_step: int) -> int:
+        """``S_t = L + t*K``: sequence length with ``t`` generation steps present."""
+        self._check_generation_step(generation_step)
+        return self.seq_len + generation_step * self.num_blocks
+
+    def prefix_ends(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``LongTensor[K]``: ``C + k*s``, the prefix length of each block."""
+        return self.context_len + self.stride * torch.arange(self.num_blocks, device=device)
+
+    def target_positions(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``LongTensor[K, G]``: ``C + k*s + t``.
+
+        This is both the position id of generated token ``(t, k)`` and the chunk index of its ground-truth
+        counterpart ``y_k[t]``.
+        """
+        steps = torch.arange(self.gen_len, device=device)
+        return self.prefix_ends(device)[:, None] + steps[None, :]
+
+    def generated_slots(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``LongTensor[K, G]``: ``L + t*K + k``, the full-sequence index of generated token ``(t, k)``."""
+        k = torch.arange(self.num_blocks, device=device)
+        t = torch.arange(self.gen_len, device=device)
+        return self.seq_len + t[None, :] * self.num_blocks + k[:, None]
+
+    def prediction_rows(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``LongTensor[K, G]``: full-sequence row whose logits predict generated token ``(t, k)``.
+
+        ``C + k*s - 1`` for ``t = 0`` and ``L + (t-1)*K + k`` for ``t >= 1`` (spec 2.6).
+        """
+        rows = self.generated_slots(device) - self.num_blocks
+        rows[:, 0] = self.prefix_ends(device) - 1
+        return rows
+
+    def _check_generation_step(self, generation_step: int) -> None:
+        if not 0 <= generation_step <= self.gen_len:
+            raise ValueError(f"generation_step must be in [0, {self.gen_len}], got {generation_step}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Masks and position ids
+# --------------------------------------------------------------------------------------------------------
+
+
+def _token_coords(
+    layout: StridedLayout, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per full-sequence index: ``(block, step, visible_chunk_cols, position_id)``.
+
+    ``block``/``step`` are ``-1`` for chunk tokens. ``visible_chunk_cols`` is the number of leading chunk
+    columns the token may attend (``j + 1`` for chunk token ``j``, ``C + k*s`` for a generated token).
+    """
+    L, K = layout.seq_len, layout.num_blocks
+    is_gen = index >= L
+    offset = (index - L).clamp(min=0)
+    step = torch.where(is_gen, offset // K, -1)
+    block = torch.where(is_gen, offset % K, -1)
+    prefix = layout.context_len + block * layout.stride
+    visible = torch.where(is_gen, prefix, index + 1)
+    position = torch.where(is_gen, prefix + step, index)
+    return block, step, visible, position
+
+
+def build_strided_allowed(
+    layout: StridedLayout,
+    generation_step: int | None = None,
+    *,
+    query_rows: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    _check_rows: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean strided attention pattern and position ids (rules of spec 2.2), fully vectorised.
+
+    Args:
+        layout: the geometry.
+        generation_step: number of generated steps present, ``t`` in ``0 … G`` (default ``G``). Key columns
+            are ``0 … S_t - 1`` with ``S_t = L + t*K``.
+        query_rows: ``LongTensor[Q]`` full-sequence indices of the query rows (default: all ``S_t`` rows).
+        device: device of the outputs.
+
+    Returns:
+        ``allowed``: ``BoolTensor[Q, S_t]`` (True = may attend) and ``position_ids``: ``LongTensor[Q]``.
+    """
+    t = layout.gen_len if generation_step is None else generation_step
+    kv_len = layout.current_len(t)
+    keys = torch.arange(kv_len, device=device)
+    if query_rows is None:
+        queries = keys
+    else:
+        queries = query_rows.to(device=keys.device, dtype=torch.long)
+        if _check_rows and queries.numel() and (int(queries.min()) < 0 or int(queries.max()) >= kv_len):
+            raise ValueError(f"query_rows must lie in [0, {kv_len}) for generation_step={t}")
+    q_block, q_step, q_visible, q_pos = _token_coords(layout, queries)
+    k_block, k_step, _, _ = _token_coords(layout, keys)
+    key_is_chunk = keys < layout.seq_len
+    chunk_cols = key_is_chunk[None, :] & (keys[None, :] < q_visible[:, None])
+    same_block_cols = (
+        (~key_is_chunk)[None, :]
+        & (q_block[:, None] >= 0)
+        & (k_block[None, :] == q_block[:, None])
+        & (k_step[None, :] <= q_step[:, None])
+    )
+    return chunk_cols | same_block_cols, q_pos
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool pattern -> additive float mask of ``dtype``: ``0`` where allowed, ``finfo(dtype).min`` elsewhere.
+
+    ``finfo.min`` rather than ``-inf`` so that a fully masked row cannot produce NaNs.
+    """
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def build_strided_mask_and_positions(
+    layout: StridedLayout,
+    generation_step: int | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full strided 4D additive mask and position ids with ``t = generation_step`` steps present.
+
+    Returns:
+        ``mask``: ``Tensor[1, 1, S_t, S_t]`` of ``dtype`` (broadcasts over the batch) and
+        ``position_ids``: ``LongTensor[1, S_t]``, where ``S_t = L + t*K`` and ``t`` defaults to ``G``.
+    """
+    allowed, positions = build_strided_allowed(layout, generation_step, device=device)
+    return additive_mask(allowed, dtype)[None, None], positions[None]
+
+
+def build_strided_step_mask_and_positions(
+    layout: StridedLayout,
+    step: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask rows and position ids of the ``K`` tokens of generation step ``step`` only (KV-cached decoding).
+
+    These are the rows ``L + step*K + k`` (``k = 0 … K-1``) of the full mask with ``step + 1`` steps present,
+    so the key length is ``L + (step+1)*K`` = cached tokens plus the ``K`` tokens being fed.
+
+    Returns:
+        ``mask``: ``Tensor[1, 1, K, L + (step+1)*K]`` and ``position_ids``: ``LongTensor[1, K]`` equal to
+        ``C + k*s + step``.
+    """
+    if not 0 <= step < layout.gen_len:
+        raise ValueError(f"step must be in [0, {layout.gen_len}), got {step}")
+    K = layout.num_blocks
+    rows = layout.seq_len + step * K + torch.arange(K, device=device)
+    # rows are valid by construction: skip the range check (it would synchronise a GPU stream)
+    allowed, positions = build_strided_allowed(
+        layout, step + 1, query_rows=rows, device=device, _check_rows=False
+    )
+    return additive_mask(allowed, dtype)[None, None], positions[None]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Layout conversions
+# --------------------------------------------------------------------------------------------------------
+
+
+def gen_region_to_block_major(x: torch.Tensor, num_blocks: int, dim: int = 1) -> torch.Tensor:
+    """Reshape a step-major generated region (size ``G*K`` at ``dim``) into block-major ``(K, G)``.
+
+    Example: hidden states ``[N, G*K, D] -> [N, K, G, D]`` (``dim=1``).
+    """
+    dim = dim % x.dim()
+    size = x.shape[dim]
+    if size % num_blocks != 0:
+        raise ValueError(f"dimension {dim} has size {size}, not a multiple of num_blocks={num_blocks}")
+    x = x.unflatten(dim, (size // num_blocks, num_blocks))  # (G, K)
+    return x.transpose(dim, dim + 1)  # (K, G)
+
+
+def block_major_to_gen_region(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Inverse of :func:`gen_region_to_block_major`: merge block-major ``(K, G)`` at ``(dim, dim+1)`` into
+    a step-major ``G*K`` dimension (index ``t*K + k``)."""
+    dim = dim % x.dim()
+    return x.transpose(dim, dim + 1).flatten(dim, dim + 1)
+
+
+def build_strided_sequence(input_ids: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """Full step-major sequences from chunks and block-major samples.
+
+    Args:
+        input_ids: ``LongTensor[B, L]``.
+        generated: ``LongTensor[B, n, K, G]`` (block-major).
+
+    Returns:
+        ``LongTensor[B*n, S]``: row ``b*n + i`` is ``x_b`` followed by sample ``i`` of chunk ``b`` with token
+        ``(t, k)`` at index ``L + t*K + k``.
+    """
+    if generated.dim() != 4 or generated.shape[0] != input_ids.shape[0]:
+        raise ValueError(
+            f"generated must be [B, n, K, G] with B = input_ids.shape[0] = {input_ids.shape[0]}, "
+            f"got {tuple(generated.shape)}"
+        )
+    B, n, K, G = generated.shape
+    chunk = input_ids.repeat_interleave(n, dim=0)
+    gen = block_major_to_gen_region(generated.reshape(B * n, K, G), dim=1)
+    return torch.cat([chunk, gen.to(chunk.dtype)], dim=1)
+
+
+def split_strided_sequence(
+    sequences: torch.Tensor, layout: StridedLayout, *, num_samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`build_strided_sequence`.
+
+    Args:
+        sequences: ``[B*n, S]`` step-major full sequences (``n`` consecutive rows per chunk).
+        layout: the geometry (``S`` must equal ``layout.total_len``).
+        num_samples: ``n``.
+
+    Returns:
+        ``input_ids [B, L]`` (taken from the first sample row of each chunk) and ``generated [B, n, K, G]``.
+    """
+    rows, length = sequences.shape
+    if length != layout.total_len or rows % num_samples != 0:
+        raise ValueError(
+            f"sequences {tuple(sequences.shape)} do not match S={layout.total_len} and "
+            f"num_samples={num_samples}"
+        )
+    L, K = layout.seq_len, layout.num_blocks
+    input_ids = sequences[::num_samples, :L]
+    generated = gen_region_to_block_major(sequences[:, L:], K, dim=1)
+    return input_ids, generated.reshape(rows // num_samples, num_samples, K, layout.gen_len)
+
+
+def extend_chunk_metadata(meta: torch.Tensor, layout: StridedLayout) -> torch.Tensor:
+    """Extend per-chunk-token metadata ``[..., L]`` to the full sequence ``[..., S]`` (spec 2.5).
+
+    Generated token ``(t, k)`` inherits the value at its ground-truth position ``C + k*s + t``.
+    """
+    if meta.shape[-1] != layout.seq_len:
+        raise ValueError(f"meta last dimension must be L={layout.seq_len}, got {meta.shape[-1]}")
+    index = layout.target_positions(meta.device).T.reshape(-1)  # step-major
+    return torch.cat([meta, meta.index_select(-1, index)], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model plumbing
+# --------------------------------------------------------------------------------------------------------
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    """The transformer body returning final hidden states (``model.model`` for Llama/Qwen2)."""
+    base = getattr(model, "base_model", model)
+    if base is model:
+        raise ValueError("model must be a causal LM with a separate base transformer and lm_head")
+    return base
+
+
+def _lm_head(model: nn.Module) -> nn.Module:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        head = getattr(model, "lm_head", None)
+    if head is None:
+        raise ValueError("model has no output embedding (lm_head)")
+    return head
+
+
+def _lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``lm_head(hidden)`` in float32 (with Gemma-style final logit soft-capping if configured).
+
+    Assumes the causal LM's logits are exactly ``lm_head(final hidden state)`` (true for Llama, Qwen2/3,
+    Mistral, SmolLM2); models that rescale logits in their ``forward`` (e.g. Granite, Cohere) are not handled.
+    """
+    logits = _lm_head(model)(hidden).float()
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return next(model.parameters()).dtype
+
+
+def _cache_kwarg(module: nn.Module) -> str:
+    """Name of the KV-cache argument: ``cache`` in transformers >= 5.x, ``past_key_values`` before."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        return "cache"
+    return "cache" if "cache" in params or "past_key_values" not in params else "past_key_values"
+
+
+def _new_cache(model: nn.Module) -> object:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # pragma: no cover - older transformers
+        return DynamicCache()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------------------
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter on (unnormalised ok) probabilities ``[N, V]``.
+
+    Sort descending, drop every token whose cumulative probability *before* it exceeds ``top_p``; the top
+    token is always kept. The result is not renormalised (``torch.multinomial`` does not need it).
+    """
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    total = sorted_p.sum(dim=-1, keepdim=True)
+    before = (sorted_p.cumsum(dim=-1) - sorted_p) / total
+    drop_sorted = before > top_p
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return probs.masked_fill(drop, 0.0)
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row of ``logits [..., V]``.
+
+    ``temperature > 0``: ``p = softmax(z / T)``, nucleus-filtered when ``top_p < 1``, one
+    ``torch.multinomial`` draw per row with ``generator`` (which must live on ``logits.device``; ``None`` =
+    global RNG). ``temperature == 0``: greedy ``argmax`` (no RNG consumed).
+
+    Returns:
+        ``tokens``: ``LongTensor[...]`` and ``logprobs``: ``Tensor[...]`` float32, ``log softmax(z / T)`` of
+        the drawn token, i.e. under the tempered distribution *before* nucleus filtering (the quantity that
+        :func:`strided_logprobs` recomputes). For ``temperature == 0`` the log-probs are at ``T = 1``.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    lead = logits.shape[:-1]
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    if temperature == 0:
+        logp = F.log_softmax(flat, dim=-1)
+        tokens = flat.argmax(dim=-1)
+    else:
+        logp = F.log_softmax(flat / temperature, dim=-1)
+        probs = logp.exp()
+        if top_p < 1.0:
+            probs = _top_p_filter(probs, top_p)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    token_logp = logp.gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens.reshape(lead), token_logp.reshape(lead)
+
+
+class StridedSample(NamedTuple):
+    """Result of :func:`strided_sample`.
+
+    Attributes:
+        tokens: ``LongTensor[B, n, K, G]`` generated tokens, block-major.
+        logprobs: ``Tensor[B, n, K, G]`` float32 sampling-time log-probs (see :func:`sample_tokens`).
+        step_logits: ``Tensor[B, n, K, G, V]`` float32 logits each token was drawn from (only when requested).
+    """
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    step_logits: torch.Tensor | None
+
+
+def _check_sampling_args(num_samples: int, temperature: float, top_p: float) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _cached_step_logits(
+    model: nn.Module, input_ids: torch.Tensor, layout: StridedLayout, num_samples: int
+) -> Generator[torch.Tensor, torch.Tensor, None]:
+    """Generator protocol for the KV-cached path: yields ``[N, K, V]`` logits, receives ``[N, K]`` tokens."""
+    decoder = _decoder(model)
+    cache_name = _cache_kwarg(decoder)
+    dtype = _model_dtype(model)
+    device = input_ids.device
+    N = input_ids.shape[0] * num_samples
+    cache = _new_cache(model)
+    # Prefill the chunk with a plain causal forward (chunk rows of the strided mask are exactly causal).
+    out = decoder(input_ids=input_ids, use_cache=True, **{cache_name: cache})
+    hidden = out.last_hidden_state[:, layout.prefix_ends(device) - 1]  # [B, K, H]
+    logits = _lm_logits(model, hidden).repeat_interleave(num_samples, dim=0)  # [N, K, V]
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+    for step in range(layout.gen_len):
+        tokens = yield logits
+        if step == layout.gen_len - 1:
+            return
+        mask, positions = build_strided_step_mask_and_positions(layout, step, dtype=dtype, device=device)
+        out = decoder(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions.expand(N, -1),
+            use_cache=True,
+            **{cache_name: cache},
+        )
+        logits = _lm_logits(model, out.last_hidden_state)  # [N, K, V]
+
+
+def _recompute_step_logits(
+    model: nn.Module, input_ids: torch.Tensor, layout: StridedLayout, num_samples: int
+) -> Generator[torch.Tensor, torch.Tensor, None]:
+    """Generator protocol for the reference path: full forward over the growing sequence at every step."""
+    dtype = _model_dtype(model)
+    device = input_ids.device
+    sequence = input_ids.repeat_interleave(num_samples, dim=0)  # [N, L]
+    N, K, L = sequence.shape[0], layout.num_blocks, layout.seq_len
+    for step in range(layout.gen_len):
+        mask, positions = build_strided_mask_and_positions(layout, step, dtype=dtype, device=device)
+        out = model(
+            input_ids=sequence, attention_mask=mask, position_ids=positions.expand(N, -1), use_cache=False
+        )
+        if step == 0:
+            rows = layout.prefix_ends(device) - 1
+        else:
+            rows = L + (step - 1) * K + torch.arange(K, device=device)
+        tokens = yield out.logits[:, rows].float()
+        sequence = torch.cat([sequence, tokens.to(sequence.dtype)], dim=1)
+
+
+@torch.no_grad()
+def strided_sample(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    context_len: int,
+    stride: int,
+    gen_len: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    return_step_logits: bool = False,
+) -> StridedSample:
+    """Strided block-parallel sampling (spec 2.4): ``G`` steps, each drawing one token for every block.
+
+    Args:
+        model: a ``transformers`` causal LM (``base_model`` + ``lm_head``) that accepts 4D additive masks.
+        input_ids: ``LongTensor[B, L]`` chunks.
+        context_len, stride, gen_len: ``C``, ``s``, ``G`` (see :class:`StridedLayout`, with ``L`` from
+            ``input_ids``).
+        num_samples: ``n`` independent samples per chunk (consecutive rows ``b*n + i`` internally).
+        temperature, top_p, generator: see :func:`sample_tokens`. Each step makes exactly one draw call over
+            ``[B*n*K, V]`` rows, so both paths consume the generator identically.
+        use_cache: KV-cached incremental decoding (default) or the no-cache recompute reference path.
+        return_step_logits: also return the float32 logits each token was drawn from.
+
+    Returns:
+        :class:`StridedSample` with block-major ``tokens [B, n, K, G]``. The model is run in eval mode under
+        ``torch.no_grad`` and its ``training`` flag is restored afterwards.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+    _check_sampling_args(num_samples, temperature, top_p)
+    B, L = input_ids.shape
+    layout = StridedLayout(L, context_len, stride, gen_len)
+    K, G = layout.num_blocks, layout.gen_len
+
+    was_training = model.training
+    model.eval()
+    try:
+        make = _cached_step_logits if use_cache else _recompute_step_logits
+        steps = make(model, input_ids, layout, num_samples)
+        tokens, logprobs, all_logits = [], [], []
+        logits = next(steps)
+        for step in range(G):
+            tok, logp = sample_tokens(logits, temperature=temperature, top_p=top_p, generator=generator)
+            tokens.append(tok)
+            logprobs.append(logp)
+            if return_step_logits:
+                all_logits.append(logits)
+            if step < G - 1:
+                logits = steps.send(tok)
+        steps.close()
+    finally:
+        model.train(was_training)
+
+    def block_major(per_step: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.stack(per_step, dim=2)  # [N, K, G, ...]
+        return x.reshape(B, num_samples, K, G, *x.shape[3:])
+
+    return StridedSample(
+        tokens=block_major(tokens),
+        logprobs=block_major(logprobs),
+        step_logits=block_major(all_logits) if return_step_logits else None,
+    )
+
+
+def strided_generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    context_len: int,
+    stride: int,
+    gen_len: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """KV-cached strided sampling; returns block-major ``LongTensor[B, num_samples, K, gen_len]``.
+
+    See :func:`strided_sample` for the arguments.
+    """
+    return strided_sample(
+        model,
+        input_ids,
+        context_len=context_len,
+        stride=stride,
+        gen_len=gen_len,
+        num_samples=num_samples,
+        temperature=temperature,
+        top_p=top_p,
+        generator=generator,
+    ).tokens
+
+
+def strided_generate_with_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    context_len: int,
+    stride: int,
+    gen_len: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`strided_generate`, also returning the sampling-time log-probs ``[B, n, K, G]`` (float32,
+    ``log softmax(z / T)`` of each drawn token; ``T = 1`` when ``temperature == 0``)."""
+    out = strided_sample(
+        model,
+        input_ids,
+        context_len=context_len,
+        stride=stride,
+        gen_len=gen_len,
+        num_samples=num_samples,
+        temperature=temperature,
+        top_p=top_p,
+        generator=generator,
+    )
+    return out.tokens, out.logprobs
+
+
+def strided_generate_recompute(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    context_len: int,
+    stride: int,
+    gen_len: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Reference sampler without KV cache (a full forward over ``[chunk | generated so far]`` with the full
+    strided mask at every step). For tests and benchmarks only; same output as :func:`strided_generate` and
+    the same random-number consumption."""
+    return strided_sample(
+        model,
+        input_ids,
+        context_len=context_len,
+        stride=stride,
+        gen_len=gen_len,
+        num_samples=num_samples,
+        temperature=temperature,
+        top_p=top_p,
+        generator=generator,
+        use_cache=False,
+    ).tokens
+
+
+# --------------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------------
+
+
+def _token_logprobs_block(
+    model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    logits = _lm_logits(model, hidden)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def _chunked_token_logprobs(
+    model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, chunk_size: int
+) -> torch.Tensor:
+    """``log softmax(lm_head(hidden) / T)[target]`` for ``hidden [R, H]``, ``targets [R]`` -> ``[R]`` float32.
+
+    Processes ``chunk_size`` rows at a time; with autograd enabled every chunk is activation-checkpointed, so
+    only one chunk of ``[chunk_size, V]`` float32 logits exists at any time, in forward and in backward.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"logits_chunk_size must be >= 1, got {chunk_size}")
+    use_checkpoint = torch.is_grad_enabled() and (
+        hidden.requires_grad or any(p.requires_grad for p in _lm_head(model).parameters())
+    )
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h = hidden[start : start + chunk_size]
+        tgt = targets[start : start + chunk_size]
+        if use_checkpoint:
+            pieces.append(checkpoint(_token_logprobs_block, model, h, tgt, temperature, use_reentrant=False))
+        else:
+            pieces.append(_token_logprobs_block(model, h, tgt, temperature))
+    if not pieces:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(pieces)
+
+
+def strided_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    generated: torch.Tensor,
+    *,
+    context_len: int,
+    stride: int,
+    temperature: float = 1.0,
+    logits_chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score strided samples with one policy forward (spec 2.6); differentiable.
+
+    The policy runs over ``build_strided_sequence(input_ids, generated)`` (``[B*n, S]``) with the full
+    strided mask (``generation_step = G``) and position ids. From the final hidden states ``h``:
+
+    * ``gen_logprobs[b, i, k, t] = log softmax(lm_head(h[b*n+i, r]) / T)[ŷ_{b,i,k,t}]`` with
+      ``r = C + k*s - 1`` for ``t = 0`` and ``r = L + (t-1)*K + k`` for ``t >= 1`` (never the ordinary
+      causal shift of the full sequence);
+    * ``chunk_logprobs[b, j] = log softmax(lm_head(h[b*n, j]))[x_b[j+1]]`` at ``T = 1`` for
+      ``j = 0 … L-2``. Chunk rows never see generated tokens, so all ``n`` copies of a chunk give the same
+      values (and the same gradient); the first copy is used.
+
+    Log-softmaxes run in float32 over ``logits_chunk_size`` rows at a time (activation-checkpointed when
+    gradients are enabled), so the full ``[B*n, S, V]`` logits are never materialised.
+
+    Args:
+        model: causal LM (``base_model`` + ``lm_head``); its train/eval mode is left untouched.
+        input_ids: ``LongTensor[B, L]``.
+        generated: ``LongTensor[B, n, K, G]`` block-major samples.
+        context_len, stride: ``C`` and ``s`` (``G`` is read from ``generated``).
+        temperature: ``T > 0`` applied to generated-token logits only.
+        logits_chunk_size: rows per log-softmax chunk.
+
+    Returns:
+        ``gen_logprobs``: ``Tensor[B, n, K, G]`` and ``chunk_logprobs``: ``Tensor[B, L-1]``, float32.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for scoring, got {temperature}")
+    if input_ids.dim() != 2 or generated.dim() != 4 or generated.shape[0] != input_ids.shape[0]:
+        raise ValueError(
+            f"expected input_ids [B, L] and generated [B, n, K, G], got {tuple(input_ids.shape)} and "
+            f"{tuple(generated.shape)}"
+        )
+    B, L = input_ids.shape
+    _, n, K, G = generated.shape
+    layout = StridedLayout(L, context_len, stride, G)
+    if generated.shape[2] != layout.num_blocks:
+        raise ValueError(f"generated has {generated.shape[2]} blocks, the layout has K={layout.num_blocks}")
+    device = input_ids.device
+    sequences = build_strided_sequence(input_ids, generated)  # [N, S]
+    N = sequences.shape[0]
+    mask, positions = build_strided_mask_and_positions(layout, G, dtype=_model_dtype(model), device=device)
+    hidden = _decoder(model)(
+        input_ids=sequences, attention_mask=mask, position_ids=positions.expand(N, -1), use_cache=False
+    ).last_hidden_state  # [N, S, H]
+    H = hidden.shape[-1]
+
+    rows = layout.prediction_rows(device).reshape(-1)  # [K*G], block-major
+    gen_hidden = hidden[:, rows].reshape(-1, H)  # [N*K*G, H]
+    gen_lp = _chunked_token_logprobs(
+        model, gen_hidden, generated.reshape(-1).to(device), float(temperature), logits_chunk_size
+    )
+    chunk_hidden = hidden[::n, : L - 1].reshape(-1, H)  # [B*(L-1), H]
+    chunk_lp = _chunked_token_logprobs(
+        model, chunk_hidden, input_ids[:, 1:].reshape(-1), 1.0, logits_chunk_size
+    )
+    return gen_lp.reshape(B, n, K, G), chunk_lp.reshape(B, L - 1)

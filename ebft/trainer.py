@@ -1,0 +1,347 @@
+"""The one training loop shared by SFT, RLVR and EBFT (accelerate: CPU, one GPU, DDP on many).
+
+An optimizer step consumes ``batch_size`` sequences: ``accum = batch_size / (micro_batch_size * world)``
+micro-batches per process, each passed to ``objective.compute_loss`` (which may generate rollouts inside),
+gradients accumulated (no DDP all-reduce until the last micro-batch), clipped to ``max_grad_norm``, then
+AdamW and the LR schedule step once. Weights stay fp32 (``mixed_precision`` only autocasts the forward).
+
+Files of one run (``out_dir`` is ``results/runs/{task}/{method}/{variant}/seed{seed}``)::
+
+    out_dir/model/                 final HF checkpoint (declared output)
+    out_dir/checkpoints/step{N}/   HF checkpoints at the configured steps (declared outputs)
+    out_dir/train_log.jsonl        one JSON object per logged step (declared output)
+    out_dir/resume/                NOT a declared output, so Snakemake leaves it alone on a rerun:
+        latest.json                step, epoch, data position and config fingerprint of the newest state
+        state-step{N}/             accelerate state (model, optimizer, scheduler, RNG) + objective state
+        checkpoints/step{N}/       checkpoints staged here until training finishes
+        train_log.jsonl            the live log, truncated to the resumed step on restart
+
+Resume: a restarted run loads ``resume/state`` (when its config fingerprint matches) and continues at
+the saved step with the same data order (the sampler is a pure function of seed and epoch; the batches
+already consumed in the current epoch are skipped) and the same RNG streams, so an interrupted run ends
+with the same parameters as an uninterrupted one. On success the staged checkpoints and log are moved to
+their declared places and ``resume/`` is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from ebft.config import TrainConfig
+from ebft.modeling import replace_dir, save_pretrained_atomic
+
+log = logging.getLogger(__name__)
+
+
+class Objective(Protocol):
+    """What a training method plugs into the loop.
+
+    ``compute_loss`` gets the policy (possibly DDP-wrapped) and one micro-batch from the collate function
+    and returns the scalar loss to backpropagate plus float metrics (shared names, see architecture doc).
+    An objective may sample rollouts inside; its own random state goes through ``state_dict`` so that
+    resumed runs sample the same rollouts.
+    """
+
+    name: str
+
+    def setup(self, accelerator: Accelerator, model: torch.nn.Module) -> None: ...
+
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles ``n`` indices with a generator seeded by ``(seed, epoch)``: the order is a pure function."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def config_fingerprint(cfg: TrainConfig, extra: dict[str, Any]) -> str:
+    """Hash of everything that must match for a resume state to be reused."""
+    blob = json.dumps({"train": asdict(cfg), "extra": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Trainer:
+    """Runs one training job; see the module docstring for the loop and the files it writes."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        *,
+        fingerprint_extra: dict[str, Any] | None = None,
+        accelerator: Accelerator | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.resume_dir = self.out_dir / "resume"
+        self.fingerprint = config_fingerprint(cfg, fingerprint_extra or {})
+        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        world = self.accelerator.num_processes
+        if cfg.batch_size % (cfg.micro_batch_size * world):
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is not divisible by micro_batch_size {cfg.micro_batch_size} "
+                f"x {world} processes"
+            )
+        self.accum = cfg.batch_size // (cfg.micro_batch_size * world)
+        self.show_progress = show_progress
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def total_steps(self, num_examples: int) -> int:
+        if self.cfg.max_steps is not None:
+            return self.cfg.max_steps
+        per_epoch = num_examples // self.cfg.batch_size
+        if per_epoch == 0:
+            raise ValueError(f"{num_examples} training examples are fewer than one batch of {self.cfg.batch_size}")
+        return max(1, int(math.floor(per_epoch * self.cfg.epochs)))
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+        cfg = self.cfg
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(math.ceil(cfg.warmup_ratio * total))
+        if cfg.schedule == "cosine":
+            return get_scheduler(
+                "cosine_with_min_lr",
+                optimizer,
+                num_warmup_steps=warmup,
+                num_training_steps=total,
+                scheduler_specific_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+            )
+        return get_scheduler(cfg.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+    def _log_path(self) -> Path:
+        return self.resume_dir / "train_log.jsonl"
+
+    def _write_log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self._log_path(), "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        path = self._log_path()
+        if not path.exists() or not self.accelerator.is_main_process:
+            return
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+
+    def _save_state(self, step: int, epoch: int, consumed: int, objective: Objective) -> None:
+        """Write ``resume/state-step{N}`` then point ``resume/latest.json`` at it (one atomic rename), so a
+        kill at any moment leaves a complete state to resume from; older states are removed afterwards."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        target = self.resume_dir / f"state-step{step}"
+        if acc.is_main_process and target.exists():
+            shutil.rmtree(target)
+        acc.wait_for_everyone()
+        acc.save_state(str(target))
+        if acc.is_main_process:
+            torch.save(objective.state_dict(), target / "objective_state.pt")
+            meta = {
+                "step": step,
+                "epoch": epoch,
+                "consumed_in_epoch": consumed,
+                "state": target.name,
+                "fingerprint": self.fingerprint,
+                "objective": objective.name,
+                "time": time.time(),
+            }
+            tmp = self.resume_dir / "latest.json.tmp"
+            tmp.write_text(json.dumps(meta, indent=1))
+            os.replace(tmp, self.resume_dir / "latest.json")
+            for old in self.resume_dir.glob("state-step*"):
+                if old.name != target.name:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _try_resume(self) -> dict[str, Any] | None:
+        meta_path = self.resume_dir / "latest.json"
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != self.fingerprint or not (self.resume_dir / meta["state"]).is_dir():
+            log.warning("resume state in %s was written with another config; starting from step 0", self.resume_dir)
+            if self.accelerator.is_main_process:
+                shutil.rmtree(self.resume_dir)
+                self.resume_dir.mkdir(parents=True)
+            self.accelerator.wait_for_everyone()
+            return None
+        return meta
+
+    # ---------------------------------------------------------------------------------------------- fit
+    def fit(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None,
+        dataset: Dataset,
+        objective: Objective,
+        *,
+        collate_fn: Any = None,
+        stop_after_step: int | None = None,
+    ) -> dict[str, Any]:
+        """Train ``model`` with ``objective`` on ``dataset``; returns a summary dict.
+
+        ``stop_after_step`` ends the process-equivalent of a crash right after that step's resume state is
+        written (tests use it to check that resuming reproduces an uninterrupted run).
+        """
+        cfg, acc = self.cfg, self.accelerator
+        set_seed(cfg.seed)
+        self.resume_dir.mkdir(parents=True, exist_ok=True)
+        total = self.total_steps(len(dataset))
+        if any(s > total for s in cfg.checkpoint_steps):
+            raise ValueError(f"checkpoint_steps {list(cfg.checkpoint_steps)} exceed the {total} training steps")
+
+        model.train()
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=cfg.adam_betas,
+        )
+        scheduler = self._scheduler(optimizer, total)
+        sampler = EpochSampler(len(dataset), cfg.seed)
+        loader = DataLoader(
+            dataset, batch_size=cfg.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
+        )
+        model, optimizer, loader = acc.prepare(model, optimizer, loader)
+        acc.register_for_checkpointing(scheduler)
+        objective.setup(acc, model)
+
+        step, epoch, consumed = 0, 0, 0
+        meta = self._try_resume()
+        if meta is not None:
+            state_dir = self.resume_dir / meta["state"]
+            acc.load_state(str(state_dir))
+            step, epoch, consumed = meta["step"], meta["epoch"], meta["consumed_in_epoch"]
+            objective.load_state_dict(torch.load(state_dir / "objective_state.pt", weights_only=False))
+            self._truncate_log(step)
+            log.warning("resumed from step %d (epoch %d, %d micro-batches into it) in %s", step, epoch, consumed,
+                        self.resume_dir)
+            self._write_log({"event": "resume", "step": step})
+        else:
+            if acc.is_main_process and self._log_path().exists():
+                self._log_path().unlink()
+            self._write_log({"event": "start", "step": 0, "total_steps": total, "objective": objective.name})
+
+        def batches() -> Iterator[dict[str, Any]]:
+            nonlocal epoch, consumed
+            while True:
+                loader.set_epoch(epoch)
+                it = acc.skip_first_batches(loader, consumed) if consumed else loader
+                for batch in it:
+                    consumed += 1
+                    yield batch
+                epoch, consumed = epoch + 1, 0
+
+        data = batches()
+        start_step, t0, tokens_seen = step, time.time(), 0
+        bar = tqdm(total=total, initial=step, disable=not (self.show_progress and acc.is_main_process),
+                   desc=f"train {objective.name}", dynamic_ncols=True)
+        while step < total:
+            sums: dict[str, float] = {}
+            for micro in range(self.accum):
+                batch = next(data)
+                sync = micro == self.accum - 1
+                with nullcontext() if sync else acc.no_sync(model), acc.autocast():
+                    loss, metrics = objective.compute_loss(model, batch, step)
+                acc.backward(loss / self.accum)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / self.accum
+                if "input_ids" in batch:
+                    tokens_seen += int(batch["input_ids"].numel())
+            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == total or step == start_step + 1:
+                reduced = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in sums.items()}
+                record = {"step": step, "epoch": epoch, **reduced, "train/grad_norm": float(grad_norm),
+                          "train/lr": lr, "time/elapsed_s": round(time.time() - t0, 3),
+                          "time/tokens_per_s": round(tokens_seen * acc.num_processes / max(time.time() - t0, 1e-9), 1)}
+                self._write_log(record)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in reduced.items() if k == "train/loss"})
+            if step in cfg.checkpoint_steps:
+                self._save_checkpoint(model, tokenizer, self.resume_dir / "checkpoints" / f"step{step}")
+            due = step % cfg.resume_every == 0 or step in cfg.checkpoint_steps or step == stop_after_step
+            if due and step < total:
+                self._save_state(step, epoch, consumed, objective)
+            if stop_after_step is not None and step >= stop_after_step and step < total:
+                bar.close()
+                return {"stopped_at": step}
+        bar.close()
+        return self._finish(model, tokenizer, total, time.time() - t0)
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def _save_checkpoint(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, path: Path) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_pretrained_atomic(acc.unwrap_model(model), tokenizer, path)
+        acc.wait_for_everyone()
+
+    def _finish(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, total: int,
+                seconds: float) -> dict[str, Any]:
+        acc = self.accelerator
+        self._save_checkpoint(model, tokenizer, self.out_dir / "model")
+        if acc.is_main_process:
+            self._write_log({"event": "end", "step": total})
+            for staged in sorted((self.resume_dir / "checkpoints").glob("step*")):
+                dst = self.out_dir / "checkpoints" / staged.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                replace_dir(staged, dst)
+            tmp = self.out_dir / "train_log.jsonl.tmp"
+            shutil.copyfile(self._log_path(), tmp)
+            os.replace(tmp, self.out_dir / "train_log.jsonl")
+            shutil.rmtree(self.resume_dir, ignore_errors=True)
+        acc.wait_for_everyone()
+        return {"steps": total, "seconds": seconds}
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The step records of a ``train_log.jsonl`` (events such as start/resume/end are skipped)."""
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return [r for r in rows if "event" not in r]

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# README command 1: set up (idempotent), run the embedded tiny default pipeline, build results/report.html,
+# and print how long every rule took.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/snakemake --cores "${CORES:-2}" "$@"
+.venv/bin/snakemake --report results/report.html
+.venv/bin/ebft timings results/benchmarks/rules
+echo "total wall time (setup included): $(( $(date +%s) - start )) s; report: results/report.html"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Idempotent environment setup: .venv (training, evaluation, workflow, tests).
+# Re-running is cheap: it only reinstalls when requirements or pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${EBFT_VENV:-.venv}
+stamp="$VENV/.ebft-installed"
+want=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -c1-16)
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "[setup] creating $VENV" >&2
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+# torch first and pinned: a bare requirement could resolve to a multi-GB CUDA build on CPU-only machines.
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+"${pip[@]}" -r requirements/dev.txt
+"${pip[@]}" --no-deps -e .
+echo "$want" > "$stamp"
+echo "[setup] done: $("$VENV/bin/python" -c 'import torch, transformers, snakemake; print("torch", torch.__version__, "transformers", transformers.__version__, "snakemake", snakemake.__version__)')" >&2

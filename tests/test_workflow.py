@@ -1,0 +1,180 @@
+"""The Snakemake workflow: dry runs of both configs, an end-to-end micro run, crash + resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ebft.config import base_models, run_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def trained_methods() -> tuple[str, ...]:
+    """Methods with a training rule, read from the rules (so this test follows when rules are added)."""
+    text = (ROOT / "workflow" / "rules" / "train.smk").read_text()
+    return tuple(re.findall(r"^rule train_(\w+):", text, flags=re.M))
+
+
+def dry_run_counts(*args: str, cwd: Path = ROOT) -> Counter:
+    out = subprocess.run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "workflow" / "Snakefile"), *args],
+                         cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    table = out.stdout.split("Job stats:")[1].split("total")[0]
+    return Counter({m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)})
+
+
+def expected_counts(cfg: dict) -> Counter:
+    """Jobs per rule, computed from the config the same way the DAG must build them."""
+    runs = run_grid(cfg, trained_methods())
+    tasks = list(cfg["tasks"])
+    hub_models = {m for t in tasks for m in base_models(cfg, t, runs) if cfg["models"][m]["source"] == "hub"}
+    for run in runs:
+        if run.params.get("init") == "sft":
+            warm = cfg["tasks"][run.task].get("sft_warm_start", "own")
+            if warm != "own" and "base_model" not in run.params:
+                hub_models.add(warm)
+    pretrained = {m for t in tasks for m in base_models(cfg, t, runs) if cfg["models"][m]["source"] == "pretrain"}
+    datasets = {s["path"] for t in cfg["tasks"].values() if t["data"]["source"] == "hub"
+                for s in t["data"]["splits"].values()}
+    n_eval = sum(len(base_models(cfg, t, runs)) for t in tasks)
+    n_eval += sum(1 + len(r.params.get("checkpoint_steps", [])) for r in runs)
+    counts = Counter({"prepare_data": len(tasks), "eval_ce": n_eval, "aggregate": 1, "all": 1})
+    for method in trained_methods():
+        counts[f"train_{method}"] = sum(r.method == method for r in runs)
+    if pretrained:
+        counts["train_tokenizer"] = 1
+        counts["pretrain_base"] = len(pretrained)
+    counts["download_model"] = len(hub_models)
+    counts["download_dataset"] = len(datasets)
+    return +counts
+
+
+def test_dry_run_paper_config_job_counts():
+    cfg = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    assert dry_run_counts("--configfile", "config/paper.yaml") == expected_counts(cfg)
+
+
+def test_dry_run_default_config_job_counts():
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert dry_run_counts() == expected_counts(cfg)
+
+
+def test_dry_run_slurm_profile_gives_training_rules_gpus():
+    out = subprocess.run([*SNAKEMAKE, "-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    blocks = out.stdout.split("\nrule ")
+    train = [b for b in blocks if b.startswith("train_sft:")]
+    assert train and all(re.search(r"\bgpu=4\b", b) for b in train)
+    assert all(re.search(r"\bgpu=0\b", b) for b in blocks if b.startswith("prepare_data:"))
+
+
+def test_mistyped_key_fails_before_any_job(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["methods"]["sft"]["defaults"]["learning_rate"] = 1e-3
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([*SNAKEMAKE, "-n", "--configfile", str(path)], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "learning_rate" in out.stdout + out.stderr
+    assert "Job stats" not in out.stdout
+
+
+# ------------------------------------------------------------------------------------- micro end to end
+def micro_config() -> dict:
+    """The tiny default shrunk to seconds per rule (same keys, so it exercises the shipped structure)."""
+    cfg = copy.deepcopy(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+    cfg["name"] = "micro"
+    cfg["tokenizer"] = {"vocab_size": 400, "train_chars": 200_000}
+    cfg["models"]["tiny"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    cfg["models"]["tiny"]["pretrain"].update(seq_len=64, batch_size=8, max_steps=6, warmup_steps=1, resume_every=3)
+    for task in cfg["tasks"].values():
+        task["seq_len"] = 64
+        task["data"]["sizes"] = {"train": 40, "valid": 8, "test": 8}
+    cfg["methods"]["sft"]["defaults"].update(max_steps=6, batch_size=4, micro_batch_size=4,
+                                             checkpoint_steps=[3], resume_every=2, log_every=1)
+    cfg["evaluation"]["ce"] = {"max_chunks": 4, "batch_size": 4}
+    return cfg
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(workdir / "micro.yaml"), "--cores", "2", *args],
+        cwd=workdir, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("micro")
+    (workdir / "micro.yaml").write_text(yaml.safe_dump(micro_config()))
+    return workdir
+
+
+@pytest.mark.slow
+def test_micro_pipeline_end_to_end_builds_report(micro):
+    out = snakemake(micro)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    rep = snakemake(micro, "--report", str(micro / "results" / "report.html"))
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    html = (micro / "results" / "report.html").read_text()
+    assert "validation_ce.svg" in html and "code_qa.html" in html
+    for task in ("code_qa", "code_unstructured", "translation"):
+        table = (micro / "results" / "tables" / f"{task}.csv").read_text()
+        assert "eval/ce" in table and "sft" in table and "base" in table
+        result = json.loads((micro / f"results/eval/{task}/sft/default/seed0/step3/ce.json").read_text())
+        assert result["step"] == 3 and result["metrics"]["eval/ce"] > 0
+    from transformers import AutoModelForCausalLM
+
+    for model in sorted(micro.glob("results/runs/*/*/*/seed*/model")) + [micro / "results/models/tiny/model"]:
+        assert AutoModelForCausalLM.from_pretrained(model) is not None
+
+
+@pytest.mark.slow
+def test_killed_training_job_resumes_from_last_state(micro):
+    """SIGKILL the Snakemake process while train_sft runs; --rerun-incomplete must resume, not restart."""
+    cfg = micro_config()
+    cfg["methods"]["sft"]["defaults"].update(max_steps=400, checkpoint_steps=[200], resume_every=5)
+    (micro / "micro.yaml").write_text(yaml.safe_dump(cfg))
+    target = "results/runs/code_qa/sft/default/seed0/model"
+    state = micro / "results/runs/code_qa/sft/default/seed0/resume/latest.json"
+    proc = subprocess.Popen(
+        [*SNAKEMAKE, "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(micro),
+         "--configfile", str(micro / "micro.yaml"), "--cores", "2", target],
+        cwd=micro, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["step"] >= 10):
+            assert proc.poll() is None, "snakemake ended before the kill"
+            time.sleep(0.5)
+        assert state.exists(), "no resume state was written"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 10 <= killed_at < 400
+    out = snakemake(micro, "--rerun-incomplete", target)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = (micro / "results/logs/train_sft/code_qa/default/seed0.log").read_text()
+    resumed = re.search(r"resumed from step (\d+)", log)
+    assert resumed and int(resumed.group(1)) == killed_at
+    rows = [json.loads(x) for x in (micro / "results/runs/code_qa/sft/default/seed0/train_log.jsonl").open()]
+    steps = [r["step"] for r in rows if "event" not in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 400
+    assert (micro / "results/runs/code_qa/sft/default/seed0/checkpoints/step200/config.json").exists()

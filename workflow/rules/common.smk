@@ -1,0 +1,126 @@
+# Config validation, helpers and the run grid. No method logic lives in the .smk files.
+
+import json
+
+from snakemake.utils import validate
+
+from ebft.config import METHODS, base_models, run_grid, task_variants
+from ebft.hub import slug
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+TASKS = list(config["tasks"])
+# Methods whose training rule exists in rules/train.smk; configured sections of others are kept but not run.
+TRAINED_METHODS = ("sft",)
+RUNS = run_grid(config, TRAINED_METHODS)
+SEEDS = [int(s) for s in config["seeds"]]
+ENV = "../../envs/ebft.yaml"
+
+# hub repositories the paper config needs, by slug (the download rules' wildcard)
+HUB_MODELS = {slug(m["repo_id"]): m for m in config["models"].values() if m["source"] == "hub"}
+HUB_DATASETS = {
+    slug(s["path"]): s
+    for t in config["tasks"].values()
+    if t["data"]["source"] == "hub"
+    for s in t["data"]["splits"].values()
+}
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    method="|".join(METHODS),
+    evalmethod="base|" + "|".join(METHODS),
+    variant=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    seed=r"\d+",
+    ckpt=r"final|step\d+",
+    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    slug=r"[A-Za-z0-9][A-Za-z0-9_.-]*--[A-Za-z0-9_.-]+",
+
+
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def model_dir(name):
+    """Local directory of a config model: pretrained here or downloaded from the hub."""
+    spec = config["models"][name]
+    if spec["source"] == "pretrain":
+        return f"results/models/{name}/model"
+    return f"resources/hf/models/{slug(spec['repo_id'])}"
+
+
+def task_spec(task):
+    """The parts of tasks.<task> the package needs (kind, geometry); data settings travel separately."""
+    return {k: v for k, v in config["tasks"][task].items() if k != "data"}
+
+
+def variant_spec(method, variant, task):
+    variants = task_variants(config, method, task)
+    if variant not in variants:
+        raise ValueError(f"methods.{method}: no variant named {variant!r} for task {task} (have: {sorted(variants)})")
+    return variants[variant]
+
+
+def run_dir(task, method, variant, seed):
+    return f"results/runs/{task}/{method}/{variant}/seed{seed}"
+
+
+def init_model(method):
+    """Input function: where a run of `method` starts (the task's base model or an SFT warm start)."""
+
+    def _init(wildcards):
+        spec = variant_spec(method, wildcards.variant, wildcards.task)
+        if spec.get("init", "base") == "base":
+            return model_dir(spec.get("base_model", config["tasks"][wildcards.task]["base_model"]))
+        if "base_model" in spec:  # scale grid: warm start from this pipeline's SFT of that model
+            return run_dir(wildcards.task, "sft", f"default.{spec['base_model']}", wildcards.seed) + "/model"
+        warm = config["tasks"][wildcards.task].get("sft_warm_start", "own")
+        if warm == "own":
+            return run_dir(wildcards.task, "sft", "default", wildcards.seed) + "/model"
+        return model_dir(warm)
+
+    return _init
+
+
+def launcher(wildcards, resources):
+    """`ebft` in one process, or `accelerate launch` over the GPUs the job was given (profile resources)."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    if gpus > 1:
+        return f"accelerate launch --num_processes {gpus} --num_machines 1 -m ebft.cli"
+    return "ebft"
+
+
+def eval_model(wildcards):
+    """Model directory an evaluation reads: base, a final run model, or a run checkpoint."""
+    if wildcards.evalmethod == "base":
+        return model_dir(wildcards.variant)
+    run = run_dir(wildcards.task, wildcards.evalmethod, wildcards.variant, wildcards.seed)
+    return f"{run}/model" if wildcards.ckpt == "final" else f"{run}/checkpoints"
+
+
+def eval_targets(group):
+    """Result files of one evaluation group for the base model and every run (final + checkpoints)."""
+    out = [
+        f"results/eval/{task}/base/{key}/seed0/final/{group}.json"
+        for task in TASKS
+        for key in base_models(config, task, RUNS)
+    ]
+    for run in RUNS:
+        steps = ["final"] + [f"step{s}" for s in run.params.get("checkpoint_steps", [])]
+        for ckpt in steps:
+            out.append(f"results/eval/{run.path}/{ckpt}/{group}.json")
+    return out
+
+
+def eval_meta(wildcards):
+    step = None if wildcards.ckpt == "final" else int(wildcards.ckpt[4:])
+    return as_json({"task": wildcards.task, "method": wildcards.evalmethod, "variant": wildcards.variant,
+                    "seed": int(wildcards.seed), "step": step})
+
+
+def all_targets():
+    return (
+        expand("results/tables/{task}.html", task=TASKS)
+        + ["results/tables/summary.csv", "results/figures/validation_ce.svg"]
+    )

@@ -1,0 +1,59 @@
+# Task data: offline generators (tiny default) or hub datasets materialised by `download_dataset`.
+
+
+localrules:
+    download_dataset,
+    download_model,
+
+
+def data_spec(task):
+    """The task's data section; hub split paths are rewritten to their local download directories."""
+    spec = dict(config["tasks"][task]["data"])
+    spec.setdefault("kind", config["tasks"][task]["kind"])
+    if spec["source"] == "hub":
+        spec["splits"] = {
+            name: {**s, "path": f"resources/hf/datasets/{slug(s['path'])}"} for name, s in spec["splits"].items()
+        }
+    return spec
+
+
+def data_inputs(wildcards):
+    spec = config["tasks"][wildcards.task]["data"]
+    if spec["source"] != "hub":
+        return []
+    return sorted({f"resources/hf/datasets/{slug(s['path'])}" for s in spec["splits"].values()})
+
+
+rule prepare_data:
+    input:
+        data_inputs,
+    output:
+        train="results/data/{task}/train.jsonl",
+        valid="results/data/{task}/valid.jsonl",
+        test="results/data/{task}/test.jsonl",
+        manifest="results/data/{task}/manifest.json",
+    params:
+        spec=lambda wildcards: as_json(data_spec(wildcards.task)),
+    log:
+        "results/logs/prepare_data/{task}.log",
+    benchmark:
+        "results/benchmarks/rules/prepare_data/{task}.tsv"
+    conda:
+        ENV
+    shell:
+        "ebft prepare-data --task {wildcards.task} --spec {params.spec:q} "
+        "--out results/data/{wildcards.task} > {log} 2>&1"
+
+
+rule download_dataset:
+    output:
+        directory("resources/hf/datasets/{slug}"),
+    params:
+        repo_id=lambda wildcards: HUB_DATASETS[wildcards.slug]["path"],
+        revision=lambda wildcards: HUB_DATASETS[wildcards.slug].get("revision") or "main",
+    log:
+        "results/logs/download_dataset/{slug}.log",
+    conda:
+        ENV
+    shell:
+        "ebft download dataset --repo-id {params.repo_id} --revision {params.revision} --out {output} > {log} 2>&1"

@@ -1,0 +1,29 @@
+# Evaluations of the base model, every final model and every declared checkpoint; JSON results under
+# results/eval/{task}/{method}/{variant}/seed{seed}/{ckpt}/{group}.json (ckpt: final | step<N>).
+
+
+def eval_model_path(wildcards, input):
+    return input.model if wildcards.ckpt == "final" else f"{input.model}/{wildcards.ckpt}"
+
+
+rule eval_ce:
+    input:
+        model=eval_model,
+        data="results/data/{task}/valid.jsonl",
+    output:
+        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/ce.json",
+    params:
+        model=eval_model_path,
+        task_spec=lambda wildcards: as_json(task_spec(wildcards.task)),
+        spec=as_json(config["evaluation"]["ce"]),
+        meta=eval_meta,
+    log:
+        "results/logs/eval_ce/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
+    benchmark:
+        "results/benchmarks/rules/eval_ce/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "ebft evaluate ce --model {params.model} --data {input.data} --task-spec {params.task_spec:q} "
+        "--spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"

@@ -1,0 +1,38 @@
+# Tables and figures for report.html (`snakemake --report results/report.html`).
+
+
+localrules:
+    aggregate,
+
+
+rule aggregate:
+    input:
+        eval_targets("ce"),
+    output:
+        tables=[
+            report(
+                f"results/tables/{task}.html",
+                caption="../report/table_task.rst",
+                category="Tables",
+                subcategory=task,
+                labels={"task": task, "artefact": "final models"},
+            )
+            for task in TASKS
+        ],
+        csv=[f"results/tables/{task}.csv" for task in TASKS],
+        summary="results/tables/summary.csv",
+        ce=report(
+            "results/figures/validation_ce.svg",
+            caption="../report/validation_ce.rst",
+            category="Figures",
+            subcategory="validation CE",
+            labels={"figure": "validation CE"},
+        ),
+    log:
+        "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/rules/aggregate.tsv"
+    conda:
+        ENV
+    shell:
+        "ebft aggregate --results {input} --tables results/tables --figures results/figures > {log} 2>&1"
