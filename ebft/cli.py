@@ -79,11 +79,29 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     Trainer(cfg, args.out, fingerprint_extra={"spec": spec}).fit(model, tok, packed, SFTObjective())
 
 
+def build_objective(args: argparse.Namespace, cfg: Any) -> Any:
+    """The method's objective (the only thing that differs between methods)."""
+    from ebft.modeling import load_model
+    from ebft.objectives import EBFTObjective, SFTObjective
+
+    if args.method == "sft":
+        return SFTObjective()
+    if args.method == "ebft":
+        geometry = args.task_spec.get("geometry")
+        if geometry is None:
+            raise SystemExit(f"tasks.{args.task}.geometry is required for EBFT")
+        feature_model = load_model(args.feature_model or args.init)
+        reference = load_model(args.init) if args.spec.get("kl_coef", 0) > 0 else None
+        return EBFTObjective(args.spec, feature_model=feature_model, reference_model=reference,
+                             embed_method=args.task_spec.get("embed_method", "last_token"), seed=cfg.seed,
+                             **geometry)
+    raise SystemExit(f"ebft train: method {args.method!r} is not available in this build")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from ebft.config import TrainConfig
     from ebft.data.packing import pack_records
     from ebft.modeling import load_model, load_tokenizer
-    from ebft.objectives import SFTObjective
     from ebft.trainer import Trainer
 
     task_spec, spec = args.task_spec, args.spec
@@ -91,14 +109,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     model = load_model(args.init)
     cfg = TrainConfig.from_dict(spec, seed=args.seed, seq_len=task_spec["seq_len"])
     train = _read_records([str(Path(args.data) / "train.jsonl")])
-    if args.method != "sft":
-        raise SystemExit(f"ebft train: method {args.method!r} is not available in this build")
+    objective = build_objective(args, cfg)
     dataset = pack_records(train, tok, cfg.seq_len, task_spec["kind"])
-    objective = SFTObjective()
     log.info("training %s on %s: %d chunks of %d tokens, %d target tokens", args.method, args.task,
              len(dataset), cfg.seq_len, dataset.num_target_tokens)
-    trainer = Trainer(cfg, args.out, fingerprint_extra={"method": args.method, "task": task_spec,
-                                                          "init": str(args.init)})
+    extra = {"method": args.method, "task": task_spec, "init": str(args.init), "spec": spec,
+             "feature_model": str(args.feature_model)}
+    trainer = Trainer(cfg, args.out, fingerprint_extra=extra)
     summary = trainer.fit(model, tok, dataset, objective)
     log.info("done: %s", summary)
 
@@ -118,6 +135,34 @@ def cmd_evaluate_ce(args: argparse.Namespace) -> None:
     metrics = validation_ce(model, packed, batch_size=args.spec.get("batch_size", 16))
     log.info("CE of %s on %d chunks in %.1fs: %s", args.model, len(packed), time.time() - t0, metrics)
     result = make_result("ce", args.meta, metrics, model=args.model, config={**args.spec, **args.task_spec})
+    write_result(args.out, result)
+
+
+def cmd_evaluate_cfm(args: argparse.Namespace) -> None:
+    from ebft.data.packing import pack_records
+    from ebft.evaluation.cfm import validation_cfm
+    from ebft.evaluation.results import make_result, write_result
+    from ebft.features import FeatureNetwork
+    from ebft.modeling import load_model, load_tokenizer
+
+    spec, task_spec = args.spec, args.task_spec
+    geometry = task_spec.get("geometry")
+    if geometry is None:
+        raise SystemExit(f"task spec has no geometry: {task_spec}")
+    tok = load_tokenizer(args.model)
+    model = load_model(args.model)
+    features = FeatureNetwork(load_model(args.feature_model),
+                              hidden_state_method=spec.get("hidden_state_method", "concat"),
+                              embed_method=task_spec.get("embed_method", "last_token"))
+    records = _read_records([args.data])
+    packed = pack_records(records, tok, task_spec["seq_len"], task_spec["kind"], max_chunks=spec.get("max_chunks"))
+    t0 = time.time()
+    metrics, details = validation_cfm(
+        model, features, packed, num_samples=spec.get("num_samples", 4), temperature=spec.get("temperature", 1.0),
+        top_p=spec.get("top_p", 1.0), batch_size=spec.get("batch_size", 4), seed=spec.get("seed", 0), **geometry)
+    log.info("CFM of %s on %d chunks in %.1fs: %s", args.model, len(packed), time.time() - t0, metrics)
+    result = make_result("cfm", args.meta, metrics, model=args.model, details=details,
+                         config={**spec, **task_spec, "feature_model": args.feature_model})
     write_result(args.out, result)
 
 
@@ -185,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", type=_json, required=True, help="the resolved method variant as JSON")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--init", required=True, help="model to start from (directory or hub id)")
+    s.add_argument("--feature-model", default=None, help="EBFT: frozen feature network (default: --init)")
     s.add_argument("--data", required=True, help="task data directory with train.jsonl")
     s.add_argument("--out", required=True, help="run directory")
     s.set_defaults(func=cmd_train)
@@ -199,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--meta", type=_json, required=True, help="task, method, variant, seed, step")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_evaluate_ce)
+
+    s = evs.add_parser("cfm", help="validation CFM loss (unbiased estimator, strided sampler, frozen features)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--feature-model", required=True, help="the frozen feature network (the task's base model)")
+    s.add_argument("--data", required=True, help="valid.jsonl")
+    s.add_argument("--task-spec", type=_json, required=True)
+    s.add_argument("--spec", type=_json, default={}, help="the `evaluation.cfm` section as JSON")
+    s.add_argument("--meta", type=_json, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_evaluate_cfm)
 
     s = sub.add_parser("aggregate", help="tables (CSV + HTML) and figures (SVG) from evaluation results")
     s.add_argument("--results", nargs="+", required=True)

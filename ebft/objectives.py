@@ -38,12 +38,13 @@ class SFTObjective:
     """
 
     name = "sft"
+    wrap_ddp = True
 
     def setup(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
         self.accelerator = accelerator
 
     def compute_loss(
-        self, model: torch.nn.Module, batch: dict[str, Any], step: int
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int, micro: int = 0
     ) -> tuple[torch.Tensor, dict[str, float]]:
         loss, n = masked_token_nll(model, batch["input_ids"], batch["loss_mask"])
         value = float(loss.detach())
@@ -51,6 +52,135 @@ class SFTObjective:
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def rollout_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of the rollouts of one micro-batch: a pure function of (run seed, optimizer step, global
+    micro-batch index), so rollouts do not depend on the number of processes and survive a resume."""
+    return ((seed * 1_000_003 + step) * 1_009 + micro) % (2**63 - 1)
+
+
+class EBFTObjective:
+    """Energy-based fine-tuning (spec sections 2-5): one micro-batch of ``b`` packed chunks ``x`` [b, L].
+
+    1. strided sampling (KV-cached) of ``n`` rollouts per chunk: ``ŷ`` [b, n, K, G] from the policy at
+       temperature ``T``; the generator is seeded by :func:`rollout_seed`;
+    2. frozen feature network on ``[x | ŷ]`` with the strided mask: ``psi`` [b, K, D], ``phi`` [b, n, K, D]
+       (optionally whitened per chunk and block over the ``n`` samples);
+    3. rewards ``r = α·a − β·d`` with ``a = 2 cos(phi_i, psi)``, ``d = 2 mean_{j≠i} <phi_i, phi_j>``, RLOO
+       advantages ``A`` [b, n, K] (sum to zero over samples for n ≥ 3), broadcast to the G tokens of a block;
+    4. one policy forward on ``[x | ŷ]`` (no [S, vocab] logits, :func:`ebft.strided.strided_logprobs`):
+       ``rl = mean over sequences and generated tokens of −A·log π_T(ŷ)``,
+       ``ce = mean over real chunk targets of −log π_1(x_{j+1} | x_{≤j})``,
+       ``loss = rl_coef·rl + ce_coef·ce + kl_coef·k2`` with ``k2 = ½ (log π_T − log π_ref,T)²`` on
+       generated tokens (a frozen copy of the initial policy; off unless ``kl_coef > 0``).
+
+    Metrics: ``ebft/alignment``, ``ebft/diversity``, ``ebft/reward`` (means over samples and blocks, on the
+    features the rewards use), ``ebft/cfm`` (the unbiased CFM estimator on unwhitened features, mean over
+    blocks), ``train/ce``, ``train/rl_loss``, ``train/kl``, ``train/loss``, ``train/reward``.
+    """
+
+    name = "ebft"
+    wrap_ddp = False  # the policy is scored from hidden states; the trainer all-reduces gradients
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        *,
+        context_len: int,
+        stride: int,
+        gen_len: int,
+        feature_model: torch.nn.Module,
+        embed_method: str = "last_token",
+        seed: int = 0,
+        reference_model: torch.nn.Module | None = None,
+    ) -> None:
+        from ebft.features import FeatureNetwork
+
+        self.C, self.s, self.G = context_len, stride, gen_len
+        self.n = int(params.get("num_samples", 4))
+        self.temperature = float(params.get("temperature", 1.0))
+        if self.temperature <= 0:
+            raise ValueError("ebft: temperature must be > 0 (the policy loss uses tempered log-probs)")
+        self.top_p = float(params.get("top_p", 1.0))
+        self.rl_coef = float(params.get("rl_coef", 1.0))
+        self.ce_coef = float(params.get("ce_coef", 0.0))
+        self.kl_coef = float(params.get("kl_coef", 0.0))
+        self.alpha = float(params.get("alignment_coef", 1.0))
+        self.beta = float(params.get("diversity_coef", 1.0))
+        self.whitening = bool(params.get("whitening", True))
+        self.seed = seed
+        micro_rows = params.get("micro_rollout_batch_size")
+        self.features = FeatureNetwork(
+            feature_model,
+            hidden_state_method=params.get("hidden_state_method", "concat"),
+            embed_method=params.get("embed_method", embed_method),
+            whiten=self.whitening,
+            micro_batch_size=None if micro_rows is None else int(micro_rows) * self.n,
+        )
+        if self.kl_coef > 0 and reference_model is None:
+            raise ValueError("ebft: kl_coef > 0 needs a reference model")
+        self.reference = reference_model
+        if self.reference is not None:
+            self.reference.eval().requires_grad_(False)
+
+    def setup(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
+        self.accelerator = accelerator
+        self.features.to(accelerator.device)
+        if self.reference is not None:
+            self.reference.to(accelerator.device)
+
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int, micro: int = 0
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        from ebft.rewards import alignment, block_to_token_advantages, cfm_loss, diversity, rloo_advantages
+        from ebft.strided import strided_logprobs, strided_sample
+
+        ids = batch["input_ids"]
+        geometry = {"context_len": self.C, "stride": self.s}
+        generator = torch.Generator(device=ids.device).manual_seed(rollout_seed(self.seed, step, micro))
+        sample = strided_sample(model, ids, gen_len=self.G, num_samples=self.n, temperature=self.temperature,
+                                top_p=self.top_p, generator=generator, **geometry)
+        tokens = sample.tokens  # [b, n, K, G]
+        feats = self.features(ids, tokens, **geometry)
+        phi, psi = feats.reward_inputs(whitened=self.whitening)  # [b, K, n, D], [b, K, (n,) D]
+        a, d = alignment(phi, psi), diversity(phi)  # [b, K, n]
+        adv = rloo_advantages(a, d, self.alpha, self.beta)  # [b, K, n]
+        token_adv = block_to_token_advantages(adv.transpose(1, 2), self.G)  # [b, n, K, G]
+
+        gen_lp, chunk_lp = strided_logprobs(model, ids, tokens, temperature=self.temperature, **geometry)
+        rl_loss = -(token_adv.detach().to(gen_lp.dtype) * gen_lp).mean()
+        real = (batch["doc_ids"][:, 1:] >= 0).to(chunk_lp.dtype) if "doc_ids" in batch else torch.ones_like(chunk_lp)
+        ce = -(chunk_lp * real).sum() / real.sum().clamp_min(1.0)
+        loss = self.rl_coef * rl_loss + self.ce_coef * ce
+        kl = torch.zeros((), device=ids.device)
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_lp, _ = strided_logprobs(self.reference, ids, tokens, temperature=self.temperature, **geometry)
+            kl = 0.5 * (gen_lp - ref_lp).pow(2).mean()
+            loss = loss + self.kl_coef * kl
+        raw_phi, raw_psi = feats.reward_inputs(whitened=False)
+        cfm = cfm_loss(raw_phi, raw_psi).mean() if self.n >= 2 else torch.full((), float("nan"))
+        reward = (self.alpha * a - self.beta * d).mean()
+        metrics = {
+            "train/loss": float(loss.detach()),
+            "train/rl_loss": float(rl_loss.detach()),
+            "train/ce": float(ce.detach()),
+            "train/kl": float(kl),
+            "train/reward": float(reward),
+            "ebft/alignment": float(a.mean()),
+            "ebft/diversity": float(d.mean()),
+            "ebft/reward": float(reward),
+            "ebft/cfm": float(cfm),
+            "ebft/advantage_abs": float(adv.abs().mean()),
+        }
+        return loss, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # rollouts are seeded by (seed, step, micro): nothing to save
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass

@@ -54,18 +54,22 @@ log = logging.getLogger(__name__)
 class Objective(Protocol):
     """What a training method plugs into the loop.
 
-    ``compute_loss`` gets the policy (possibly DDP-wrapped) and one micro-batch from the collate function
-    and returns the scalar loss to backpropagate plus float metrics (shared names, see architecture doc).
-    An objective may sample rollouts inside; its own random state goes through ``state_dict`` so that
-    resumed runs sample the same rollouts.
+    ``compute_loss`` gets the policy and one micro-batch from the collate function and returns the scalar
+    loss to backpropagate plus float metrics (shared names, see the architecture doc). ``micro`` is the
+    global index of the micro-batch within the optimizer step (``micro_step * world_size + rank``), so an
+    objective that samples rollouts can seed them by ``(step, micro)`` and draw the same rollouts whatever
+    the number of processes, and again after a resume. Objectives whose loss does not go through the
+    model's ``forward`` (EBFT scores from hidden states to avoid [S, vocab] logits) set ``wrap_ddp = False``:
+    the trainer then leaves the model unwrapped and all-reduces gradients itself.
     """
 
     name: str
+    wrap_ddp: bool
 
     def setup(self, accelerator: Accelerator, model: torch.nn.Module) -> None: ...
 
     def compute_loss(
-        self, model: torch.nn.Module, batch: dict[str, Any], step: int
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int, micro: int
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -242,7 +246,9 @@ class Trainer:
         loader = DataLoader(
             dataset, batch_size=cfg.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
         )
-        model, optimizer, loader = acc.prepare(model, optimizer, loader)
+        wrap = getattr(objective, "wrap_ddp", True)
+        model = acc.prepare_model(model, evaluation_mode=not wrap)
+        optimizer, loader = acc.prepare(optimizer, loader)
         acc.register_for_checkpointing(scheduler)
         objective.setup(acc, model)
 
@@ -281,13 +287,16 @@ class Trainer:
             for micro in range(self.accum):
                 batch = next(data)
                 sync = micro == self.accum - 1
-                with nullcontext() if sync else acc.no_sync(model), acc.autocast():
-                    loss, metrics = objective.compute_loss(model, batch, step)
+                global_micro = micro * acc.num_processes + acc.process_index
+                with nullcontext() if (sync or not wrap) else acc.no_sync(model), acc.autocast():
+                    loss, metrics = objective.compute_loss(model, batch, step, global_micro)
                 acc.backward(loss / self.accum)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v) / self.accum
                 if "input_ids" in batch:
                     tokens_seen += int(batch["input_ids"].numel())
+            if not wrap and acc.num_processes > 1:
+                average_gradients(model, acc.num_processes)
             grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -338,6 +347,22 @@ class Trainer:
             shutil.rmtree(self.resume_dir, ignore_errors=True)
         acc.wait_for_everyone()
         return {"steps": total, "seconds": seconds}
+
+
+def average_gradients(model: torch.nn.Module, world: int) -> None:
+    """All-reduce (mean) the gradients of an unwrapped model over processes, bucketed into one flat tensor."""
+    from torch.distributed import all_reduce
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/ruff check ebft tests benchmarks
 .venv/bin/python -m pytest "$@"

@@ -24,14 +24,21 @@ ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']
 
 
 def trained_methods() -> tuple[str, ...]:
-    """Methods with a training rule, read from the rules (so this test follows when rules are added)."""
-    text = (ROOT / "workflow" / "rules" / "train.smk").read_text()
-    return tuple(re.findall(r"^rule train_(\w+):", text, flags=re.M))
+    """Methods with a training rule, read from the workflow (so this test follows when methods are added)."""
+    text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    return tuple(re.findall(r'"(\w+)"', re.search(r"^TRAINED_METHODS = \((.*)\)", text, flags=re.M).group(1)))
 
 
-def dry_run_counts(*args: str, cwd: Path = ROOT) -> Counter:
-    out = subprocess.run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "workflow" / "Snakefile"), *args],
-                         cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+def eval_groups() -> list[str]:
+    text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    return re.findall(r'"(\w+)"', re.search(r"^EVAL_GROUPS = \[(.*)\]", text, flags=re.M).group(1))
+
+
+def dry_run_counts(config: str, workdir: Path) -> Counter:
+    """Job counts of a dry run in an empty working directory (no outputs exist yet)."""
+    out = subprocess.run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory",
+                          str(workdir), "--configfile", str(ROOT / "config" / config)],
+                         cwd=workdir, env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     table = out.stdout.split("Job stats:")[1].split("total")[0]
     return Counter({m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)})
@@ -52,7 +59,9 @@ def expected_counts(cfg: dict) -> Counter:
                 for s in t["data"]["splits"].values()}
     n_eval = sum(len(base_models(cfg, t, runs)) for t in tasks)
     n_eval += sum(1 + len(r.params.get("checkpoint_steps", [])) for r in runs)
-    counts = Counter({"prepare_data": len(tasks), "eval_ce": n_eval, "aggregate": 1, "all": 1})
+    counts = Counter({"prepare_data": len(tasks), "aggregate": 1, "all": 1})
+    for group in eval_groups():
+        counts[f"eval_{group}"] = n_eval
     for method in trained_methods():
         counts[f"train_{method}"] = sum(r.method == method for r in runs)
     if pretrained:
@@ -63,14 +72,22 @@ def expected_counts(cfg: dict) -> Counter:
     return +counts
 
 
-def test_dry_run_paper_config_job_counts():
+@pytest.mark.parametrize("config", ["config.yaml", "paper.yaml"])
+def test_dry_run_job_counts_follow_the_config(config, tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / config).read_text())
+    assert dry_run_counts(config, tmp_path) == expected_counts(cfg)
+
+
+def test_dry_run_paper_scale_grid(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
-    assert dry_run_counts("--configfile", "config/paper.yaml") == expected_counts(cfg)
-
-
-def test_dry_run_default_config_job_counts():
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    assert dry_run_counts() == expected_counts(cfg)
+    cfg["scale"]["enabled"] = True
+    (tmp_path / "scale.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory",
+                          str(tmp_path), "--configfile", str(tmp_path / "scale.yaml")],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "results/runs/code_qa/ebft/base_wh1_ce0.03_div0.5.qwen2.5-7b/seed43/model" in out.stdout
+    assert "resources/hf/models/Qwen--Qwen2.5-7B" in out.stdout
 
 
 def test_dry_run_slurm_profile_gives_training_rules_gpus():

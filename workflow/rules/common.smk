@@ -12,7 +12,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 TASKS = list(config["tasks"])
 # Methods whose training rule exists in rules/train.smk; configured sections of others are kept but not run.
-TRAINED_METHODS = ("sft",)
+TRAINED_METHODS = ("sft", "ebft")
 RUNS = run_grid(config, TRAINED_METHODS)
 SEEDS = [int(s) for s in config["seeds"]]
 ENV = "../../envs/ebft.yaml"
@@ -117,6 +117,9 @@ def eval_meta(wildcards):
     step = None if wildcards.ckpt == "final" else int(wildcards.ckpt[4:])
     return as_json({"task": wildcards.task, "method": wildcards.evalmethod, "variant": wildcards.variant,
                     "seed": int(wildcards.seed), "step": step})
+
+
+EVAL_GROUPS = ["ce", "cfm"]
 
 
 def all_targets():

@@ -27,3 +27,35 @@ rule eval_ce:
     shell:
         "ebft evaluate ce --model {params.model} --data {input.data} --task-spec {params.task_spec:q} "
         "--spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"
+
+
+def base_feature_model(wildcards, input=None):
+    """The frozen feature network CFM is measured with: the base model of the evaluated model's task
+    (for scale-grid variants, the model that variant trains)."""
+    if wildcards.evalmethod == "base":
+        return model_dir(wildcards.variant)
+    return feature_model_dir(wildcards.task, wildcards.variant, wildcards.evalmethod)
+
+
+rule eval_cfm:
+    input:
+        model=eval_model,
+        features=base_feature_model,
+        data="results/data/{task}/valid.jsonl",
+    output:
+        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/cfm.json",
+    params:
+        model=eval_model_path,
+        task_spec=lambda wildcards: as_json(task_spec(wildcards.task)),
+        spec=as_json(config["evaluation"]["cfm"]),
+        meta=eval_meta,
+    log:
+        "results/logs/eval_cfm/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
+    benchmark:
+        "results/benchmarks/rules/eval_cfm/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "ebft evaluate cfm --model {params.model} --feature-model {input.features} --data {input.data} "
+        "--task-spec {params.task_spec:q} --spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"

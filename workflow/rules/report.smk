@@ -7,7 +7,7 @@ localrules:
 
 rule aggregate:
     input:
-        eval_targets("ce"),
+        [path for group in EVAL_GROUPS for path in eval_targets(group)],
     output:
         tables=[
             report(
