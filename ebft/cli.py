@@ -132,9 +132,10 @@ def cmd_evaluate_ce(args: argparse.Namespace) -> None:
     packed = pack_records(records, tok, args.task_spec["seq_len"], args.task_spec["kind"],
                           max_chunks=args.spec.get("max_chunks"))
     t0 = time.time()
-    metrics = validation_ce(model, packed, batch_size=args.spec.get("batch_size", 16))
+    metrics, counts = validation_ce(model, packed, batch_size=args.spec.get("batch_size", 16))
     log.info("CE of %s on %d chunks in %.1fs: %s", args.model, len(packed), time.time() - t0, metrics)
-    result = make_result("ce", args.meta, metrics, model=args.model, config={**args.spec, **args.task_spec})
+    result = make_result("ce", args.meta, metrics, model=args.model, details=counts,
+                         config={**args.spec, **args.task_spec})
     write_result(args.out, result)
 
 

@@ -126,7 +126,10 @@ def micro_config() -> dict:
         task["data"]["sizes"] = {"train": 40, "valid": 8, "test": 8}
     cfg["methods"]["sft"]["defaults"].update(max_steps=6, batch_size=4, micro_batch_size=4,
                                              checkpoint_steps=[3], resume_every=2, log_every=1)
+    cfg["methods"]["ebft"]["defaults"].update(max_steps=2, batch_size=2, micro_batch_size=2, num_samples=2,
+                                              checkpoint_steps=[1], resume_every=1, log_every=1)
     cfg["evaluation"]["ce"] = {"max_chunks": 4, "batch_size": 4}
+    cfg["evaluation"]["cfm"].update(max_chunks=2, batch_size=2, num_samples=2)
     return cfg
 
 
@@ -154,9 +157,12 @@ def test_micro_pipeline_end_to_end_builds_report(micro):
     assert "validation_ce.svg" in html and "code_qa.html" in html
     for task in ("code_qa", "code_unstructured", "translation"):
         table = (micro / "results" / "tables" / f"{task}.csv").read_text()
-        assert "eval/ce" in table and "sft" in table and "base" in table
+        assert "eval/ce" in table and "eval/cfm" in table
+        assert {"base", "sft", "ebft"} <= {line.split(",")[0] for line in table.splitlines()}
         result = json.loads((micro / f"results/eval/{task}/sft/default/seed0/step3/ce.json").read_text())
         assert result["step"] == 3 and result["metrics"]["eval/ce"] > 0
+        cfm = json.loads((micro / f"results/eval/{task}/ebft/sft/seed0/final/cfm.json").read_text())
+        assert cfm["details"]["blocks"] > 0 and cfm["model"].endswith("ebft/sft/seed0/model")
     from transformers import AutoModelForCausalLM
 
     for model in sorted(micro.glob("results/runs/*/*/*/seed*/model")) + [micro / "results/models/tiny/model"]:
@@ -186,6 +192,7 @@ def test_killed_training_job_resumes_from_last_state(micro):
         proc.wait()
     killed_at = json.loads(state.read_text())["step"]
     assert 10 <= killed_at < 400
+    assert snakemake(micro, "--unlock").returncode == 0  # a killed Snakemake leaves its lock behind
     out = snakemake(micro, "--rerun-incomplete", target)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = (micro / "results/logs/train_sft/code_qa/default/seed0.log").read_text()

@@ -7,7 +7,19 @@ Every task is prepared into ``results/data/{task}/{train,valid,test}.jsonl`` (on
 gettext catalogs) and :mod:`~ebft.data.hub` (Hugging Face datasets).
 """
 
-from ebft.data.jsonl import read_jsonl, write_jsonl
-from ebft.data.prepare import prepare_task
+from typing import Any
 
 __all__ = ["prepare_task", "read_jsonl", "write_jsonl"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: importing ebft.data.packing (training) must not pull in the generators' dependencies.
+    if name == "prepare_task":
+        from ebft.data.prepare import prepare_task
+
+        return prepare_task
+    if name in ("read_jsonl", "write_jsonl"):
+        from ebft.data import jsonl
+
+        return getattr(jsonl, name)
+    raise AttributeError(name)

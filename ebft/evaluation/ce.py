@@ -14,8 +14,8 @@ from ebft.data.packing import Packed
 
 
 @torch.no_grad()
-def validation_ce(model: torch.nn.Module, packed: Packed, batch_size: int = 16) -> dict[str, float]:
-    """CE over all real tokens and over answer tokens of ``packed`` ([N, L] chunks)."""
+def validation_ce(model: torch.nn.Module, packed: Packed, batch_size: int = 16) -> tuple[dict[str, float], dict]:
+    """CE over all real tokens and over answer tokens of ``packed`` ([N, L] chunks); (metrics, token counts)."""
     model.eval()
     device = next(model.parameters()).device
     tot_all = tot_ans = n_all = n_ans = 0.0
@@ -29,9 +29,5 @@ def validation_ce(model: torch.nn.Module, packed: Packed, batch_size: int = 16) 
         n_all += float(real.sum())
         tot_ans += float((nll * answer).sum())
         n_ans += float(answer.sum())
-    return {
-        "eval/ce": tot_all / max(n_all, 1.0),
-        "eval/ce_answer": tot_ans / max(n_ans, 1.0),
-        "eval/ce_tokens": n_all,
-        "eval/ce_answer_tokens": n_ans,
-    }
+    metrics = {"eval/ce": tot_all / max(n_all, 1.0), "eval/ce_answer": tot_ans / max(n_ans, 1.0)}
+    return metrics, {"chunks": len(packed), "tokens": int(n_all), "answer_tokens": int(n_ans)}

@@ -66,6 +66,6 @@ def validation_cfm(
         "eval/cfm_se_chunks": float(chunks.std() / math.sqrt(len(chunks))) if len(chunks) > 1 else float("nan"),
         "eval/alignment": sum(align) / len(align),
         "eval/diversity": sum(div) / len(div),
-        "eval/cfm_blocks": float(len(blocks)),
     }
-    return metrics, {"cfm_per_chunk": [round(float(x), 6) for x in chunks]}
+    details = {"blocks": len(blocks), "chunks": len(chunks), "cfm_per_chunk": [round(float(x), 6) for x in chunks]}
+    return metrics, details
