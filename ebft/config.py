@@ -182,6 +182,49 @@ def base_models(config: dict[str, Any], task: str, runs: list[Run]) -> list[str]
     return keys
 
 
+#: Evaluation groups every task gets; tasks add downstream ones with ``tasks.<task>.evaluations``.
+UNIVERSAL_EVALUATIONS = ("ce", "cfm", "cfm_by_length")
+#: Groups evaluated on declared checkpoints unless ``evaluation.<group>.checkpoints`` says otherwise.
+CHECKPOINT_DEFAULT = {"ce": True, "cfm": True, "unit_tests": True}
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    group: str
+    task: str
+    method: str  # base | sft | rlvr | ebft
+    variant: str  # the model key for base
+    seed: int
+    ckpt: str  # final | step<N>
+
+    @property
+    def path(self) -> str:
+        return f"results/eval/{self.task}/{self.method}/{self.variant}/seed{self.seed}/{self.ckpt}/{self.group}.json"
+
+
+def eval_plan(config: dict[str, Any], runs: list[Run]) -> list[EvalJob]:
+    """Every evaluation the config asks for: each task's groups on its base model(s) and on every run's
+    final model, plus declared checkpoints for groups evaluated over training."""
+    jobs = []
+    for task, spec in config["tasks"].items():
+        extra = [g for g in spec.get("evaluations", []) if g not in UNIVERSAL_EVALUATIONS]
+        groups = [*UNIVERSAL_EVALUATIONS, *extra]
+        for group in groups:
+            settings = config.get("evaluation", {}).get(group, {})
+            if group == "cfm_by_length" and not settings.get("gen_lens"):
+                continue
+            with_ckpts = settings.get("checkpoints", CHECKPOINT_DEFAULT.get(group, False))
+            for key in base_models(config, task, runs):
+                jobs.append(EvalJob(group, task, "base", key, 0, "final"))
+            for run in runs:
+                if run.task != task:
+                    continue
+                steps = run.params.get("checkpoint_steps", []) if with_ckpts else []
+                for ckpt in ["final", *[f"step{s}" for s in steps]]:
+                    jobs.append(EvalJob(group, task, run.method, run.variant, run.seed, ckpt))
+    return jobs
+
+
 def load_json(path: str | Path) -> dict[str, Any]:
     """Read a JSON object written by a rule (``params`` are passed to ``ebft`` as JSON files or strings)."""
     with open(path) as fh:

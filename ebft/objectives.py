@@ -184,3 +184,125 @@ class EBFTObjective:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class RLVRObjective:
+    """RL from verifiable rewards on prompts (one micro-batch = ``b`` records with ``question``).
+
+    1. ``n`` completions per prompt with plain KV-cached generation at temperature ``T``
+       (:func:`ebft.generation.generate`, seeded by :func:`rollout_seed`), cut at the task's stop sequences;
+    2. a scalar reward per completion in [0, 1] (:mod:`ebft.rewards`: sandboxed unit tests for code,
+       sentence chrF/BLEU for translation);
+    3. advantages over the ``n`` samples of a prompt: RLOO ``A_i = r_i − mean_{j≠i} r_j`` (default) or
+       group-normalised ``(r_i − mean r) / (std r + ε)``;
+    4. ``rl = −Σ A·log π_T(token) / #tokens`` over generated tokens up to the first EOS, one on-policy
+       update per rollout batch (so the PPO ratio is 1 and needs no clipping), plus ``kl_coef`` × k2 KL to a
+       frozen copy of the initial policy and ``ce_coef`` × the cross-entropy of the reference answers
+       (off by default): ``loss = rl_coef·rl + kl_coef·kl + ce_coef·ce``.
+
+    Metrics: ``rlvr/reward_mean``, ``rlvr/pass_rate`` (fraction of completions with reward 1),
+    ``rlvr/completion_tokens``, ``train/reward``, ``train/rl_loss``, ``train/kl``, ``train/loss``.
+    """
+
+    name = "rlvr"
+    wrap_ddp = False
+
+    def __init__(
+        self,
+        params: dict[str, Any],
+        *,
+        tokenizer: Any,
+        kind: str,
+        reward_fn: Any,
+        seed: int = 0,
+        reference_model: torch.nn.Module | None = None,
+    ) -> None:
+        self.tokenizer, self.kind, self.reward_fn, self.seed = tokenizer, kind, reward_fn, seed
+        self.n = int(params.get("num_samples", 4))
+        self.temperature = float(params.get("temperature", 1.0))
+        if self.temperature <= 0:
+            raise ValueError("rlvr: temperature must be > 0 (on-policy sampling)")
+        self.top_p = float(params.get("top_p", 1.0))
+        self.max_new_tokens = int(params.get("max_new_tokens", 128))
+        self.advantage = params.get("advantage", "rloo")
+        if self.advantage not in ("rloo", "grpo"):
+            raise ValueError(f"rlvr: advantage must be rloo or grpo, got {self.advantage!r}")
+        self.rl_coef = float(params.get("rl_coef", 1.0))
+        self.kl_coef = float(params.get("kl_coef", 0.0))
+        self.ce_coef = float(params.get("ce_coef", 0.0))
+        if self.kl_coef > 0 and reference_model is None:
+            raise ValueError("rlvr: kl_coef > 0 needs a reference model")
+        self.reference = reference_model
+        if self.reference is not None:
+            self.reference.eval().requires_grad_(False)
+
+    def setup(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
+        self.accelerator = accelerator
+        if self.reference is not None:
+            self.reference.to(accelerator.device)
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """[b, n] rewards -> [b, n] advantages."""
+        from ebft.rewards import group_normalized_advantages, rloo_baseline
+
+        if self.advantage == "rloo":
+            return rewards - rloo_baseline(rewards)
+        return group_normalized_advantages(rewards)
+
+    def answer_ce(self, model: torch.nn.Module, records: list[dict], device: torch.device) -> torch.Tensor:
+        """Teacher-forced CE of the reference answers given their questions (answer tokens + EOS)."""
+        tok = self.tokenizer
+        rows, masks = [], []
+        for r in records:
+            q = tok(r["question"], add_special_tokens=False)["input_ids"]
+            a = tok(r["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            rows.append(q + a)
+            masks.append([0] * len(q) + [1] * len(a))
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([m + [0] * (width - len(m)) for m in masks], device=device)
+        return masked_token_nll(model, ids, mask)[0]
+
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int, micro: int = 0
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        from ebft.generation import completion_logprobs, generate
+
+        records = batch["records"]
+        gens = generate(model, self.tokenizer, [r["question"] for r in records], kind=self.kind,
+                        num_samples=self.n, temperature=self.temperature, top_p=self.top_p,
+                        max_new_tokens=self.max_new_tokens, seed=rollout_seed(self.seed, step, micro))
+        expanded = [r for r in records for _ in range(self.n)]
+        rewards = self.reward_fn(expanded, gens.texts).float().view(len(records), self.n)
+        adv = self.advantages(rewards).reshape(-1, 1).to(gens.completion_ids.device)  # [b*n, 1]
+        logp = completion_logprobs(model, gens, self.temperature)  # [b*n, M]
+        mask = gens.completion_mask.to(logp.dtype)
+        rl_loss = -(adv * logp * mask).sum() / mask.sum().clamp_min(1.0)
+        loss = self.rl_coef * rl_loss
+        kl = torch.zeros((), device=logp.device)
+        if self.reference is not None:
+            with torch.no_grad():
+                ref = completion_logprobs(self.reference, gens, self.temperature)
+            kl = (0.5 * (logp - ref).pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
+            loss = loss + self.kl_coef * kl
+        ce = torch.zeros((), device=logp.device)
+        if self.ce_coef > 0:
+            ce = self.answer_ce(model, records, logp.device)
+            loss = loss + self.ce_coef * ce
+        metrics = {
+            "train/loss": float(loss.detach()),
+            "train/rl_loss": float(rl_loss.detach()),
+            "train/kl": float(kl),
+            "train/ce": float(ce.detach()),
+            "train/reward": float(rewards.mean()),
+            "rlvr/reward_mean": float(rewards.mean()),
+            "rlvr/pass_rate": float((rewards >= 1.0).float().mean()),
+            "rlvr/completion_tokens": float(mask.sum() / mask.shape[0]),
+        }
+        return loss, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -349,3 +349,51 @@ def cfm_loss(sample_feats: Tensor, gt_feats: Tensor) -> Tensor:
     cross = _pairwise_dot_sum(phi).sum(dim=-1) / (n * (n - 1))
     align = (phi @ psi.unsqueeze(-1)).squeeze(-1).mean(dim=-1)
     return cross - 2.0 * align + (psi * psi).sum(dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Verifiable rewards for RLVR: one interface, ``reward(records, completions) -> Tensor[N]`` in [0, 1].
+# ------------------------------------------------------------------------------------------------------
+
+
+class UnitTestReward:
+    """1 if the completion passes all of the problem's unit tests in the sandbox, else 0.
+
+    The program is ``question + completion + test + check(entry_point)`` (see :mod:`ebft.sandbox`); a
+    timeout, an error or an early exit gives 0. Programs run in parallel sandbox workers.
+    """
+
+    def __init__(self, *, timeout_s: float = 5.0, workers: int = 2) -> None:
+        self.timeout_s, self.workers = timeout_s, workers
+
+    def __call__(self, records: list[dict], completions: list[str]) -> Tensor:
+        from ebft.sandbox import check_many
+
+        items = [(r["question"] + c, r["test"], r["entry_point"]) for r, c in zip(records, completions, strict=True)]
+        results = check_many(items, workers=self.workers, timeout_s=self.timeout_s)
+        return torch.tensor([1.0 if res.passed else 0.0 for res in results])
+
+
+class TranslationMetricReward:
+    """Sentence-level chrF (default) or BLEU of the hypothesis against the record's reference, / 100."""
+
+    def __init__(self, metric: str = "chrf") -> None:
+        if metric not in ("chrf", "bleu"):
+            raise ValueError(f"translation reward metric must be chrf or bleu, got {metric!r}")
+        self.metric = metric
+
+    def __call__(self, records: list[dict], completions: list[str]) -> Tensor:
+        import sacrebleu
+
+        score = sacrebleu.sentence_chrf if self.metric == "chrf" else sacrebleu.sentence_bleu
+        values = [score(hyp, [rec["reference"]]).score / 100.0 for rec, hyp in zip(records, completions, strict=True)]
+        return torch.tensor(values)
+
+
+def make_verifiable_reward(name: str, **kwargs: float) -> UnitTestReward | TranslationMetricReward:
+    """``unit_tests`` (code), ``chrf`` or ``bleu`` (translation)."""
+    if name == "unit_tests":
+        return UnitTestReward(**kwargs)
+    if name in ("chrf", "bleu"):
+        return TranslationMetricReward(name)
+    raise ValueError(f"rlvr reward: unknown value {name!r} (expected unit_tests, chrf or bleu)")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ebft.config import base_models, run_grid
+from ebft.config import base_models, eval_plan, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -27,11 +27,6 @@ def trained_methods() -> tuple[str, ...]:
     """Methods with a training rule, read from the workflow (so this test follows when methods are added)."""
     text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
     return tuple(re.findall(r'"(\w+)"', re.search(r"^TRAINED_METHODS = \((.*)\)", text, flags=re.M).group(1)))
-
-
-def eval_groups() -> list[str]:
-    text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    return re.findall(r'"(\w+)"', re.search(r"^EVAL_GROUPS = \[(.*)\]", text, flags=re.M).group(1))
 
 
 def dry_run_counts(config: str, workdir: Path) -> Counter:
@@ -57,11 +52,8 @@ def expected_counts(cfg: dict) -> Counter:
     pretrained = {m for t in tasks for m in base_models(cfg, t, runs) if cfg["models"][m]["source"] == "pretrain"}
     datasets = {s["path"] for t in cfg["tasks"].values() if t["data"]["source"] == "hub"
                 for s in t["data"]["splits"].values()}
-    n_eval = sum(len(base_models(cfg, t, runs)) for t in tasks)
-    n_eval += sum(1 + len(r.params.get("checkpoint_steps", [])) for r in runs)
     counts = Counter({"prepare_data": len(tasks), "aggregate": 1, "all": 1})
-    for group in eval_groups():
-        counts[f"eval_{group}"] = n_eval
+    counts.update(f"eval_{job.group}" for job in eval_plan(cfg, runs))
     for method in trained_methods():
         counts[f"train_{method}"] = sum(r.method == method for r in runs)
     if pretrained:

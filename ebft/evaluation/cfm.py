@@ -69,3 +69,30 @@ def validation_cfm(
     }
     details = {"blocks": len(blocks), "chunks": len(chunks), "cfm_per_chunk": [round(float(x), 6) for x in chunks]}
     return metrics, details
+
+
+def cfm_by_length(
+    model: torch.nn.Module,
+    features: FeatureNetwork,
+    packed: Packed,
+    gen_lens: list[int],
+    *,
+    context_len: int,
+    stride: int,
+    **kwargs: object,
+) -> tuple[dict[str, float], dict[str, object]]:
+    """Validation CFM for each completion length ``G`` in ``gen_lens`` (paper Figures 1-2), other geometry
+    fixed; every ``G`` must satisfy ``(L - G - C) mod s = 0``. Metrics ``eval/cfm_len{G}`` (+ ``_se``)."""
+    from ebft.strided import StridedLayout
+
+    L = packed.input_ids.shape[1]
+    for g in gen_lens:
+        StridedLayout(L, context_len, stride, g)  # raises with the offending values
+    metrics: dict[str, float] = {}
+    details: dict[str, object] = {}
+    for g in gen_lens:
+        m, d = validation_cfm(model, features, packed, context_len=context_len, stride=stride, gen_len=g, **kwargs)
+        metrics[f"eval/cfm_len{g}"] = m["eval/cfm"]
+        metrics[f"eval/cfm_len{g}_se"] = m["eval/cfm_se"]
+        details[f"len{g}"] = d
+    return metrics, details

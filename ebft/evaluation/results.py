@@ -36,6 +36,7 @@ SCHEMA: dict[str, Any] = {
         "variant": {"type": "string"},
         "seed": {"type": "integer"},
         "step": {"type": ["integer", "null"]},
+        "train_step": {"type": ["integer", "null"], "description": "optimizer steps behind the model (final: last)"},
         "model": {"type": "string"},
         "metrics": {
             "type": "object",
@@ -66,6 +67,18 @@ def _finite(metrics: dict[str, float | None]) -> dict[str, float | None]:
     return {k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in metrics.items()}
 
 
+def trained_steps(model: str | Path) -> int | None:
+    """Steps of the run a final model came from (the ``end`` event of ``<run>/train_log.jsonl``), if any."""
+    log = Path(model).parent / "train_log.jsonl"
+    if not log.exists():
+        return None
+    for line in reversed(log.read_text().splitlines()):
+        row = json.loads(line)
+        if row.get("event") == "end":
+            return int(row["step"])
+    return None
+
+
 def make_result(
     group: str, meta: dict[str, Any], metrics: dict[str, float | None], *, model: str,
     config: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
@@ -79,6 +92,8 @@ def make_result(
         "variant": meta["variant"],
         "seed": int(meta["seed"]),
         "step": None if meta.get("step") in (None, "final") else int(meta["step"]),
+        "train_step": (None if meta["method"] == "base" else trained_steps(model)) if meta.get("step") is None
+        else int(meta["step"]),
         "model": str(model),
         "metrics": _finite(metrics),
         "config": config or {},

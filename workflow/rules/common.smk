@@ -4,7 +4,7 @@ import json
 
 from snakemake.utils import validate
 
-from ebft.config import METHODS, base_models, run_grid, task_variants
+from ebft.config import METHODS, base_models, eval_plan, run_grid, task_variants
 from ebft.hub import slug
 
 
@@ -12,7 +12,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 TASKS = list(config["tasks"])
 # Methods whose training rule exists in rules/train.smk; configured sections of others are kept but not run.
-TRAINED_METHODS = ("sft", "ebft")
+TRAINED_METHODS = ("sft", "rlvr", "ebft")
 RUNS = run_grid(config, TRAINED_METHODS)
 SEEDS = [int(s) for s in config["seeds"]]
 ENV = "../../envs/ebft.yaml"
@@ -99,27 +99,18 @@ def eval_model(wildcards):
     return f"{run}/model" if wildcards.ckpt == "final" else f"{run}/checkpoints"
 
 
-def eval_targets(group):
-    """Result files of one evaluation group for the base model and every run (final + checkpoints)."""
-    out = [
-        f"results/eval/{task}/base/{key}/seed0/final/{group}.json"
-        for task in TASKS
-        for key in base_models(config, task, RUNS)
-    ]
-    for run in RUNS:
-        steps = ["final"] + [f"step{s}" for s in run.params.get("checkpoint_steps", [])]
-        for ckpt in steps:
-            out.append(f"results/eval/{run.path}/{ckpt}/{group}.json")
-    return out
+EVAL_JOBS = eval_plan(config, RUNS)
+
+
+def eval_targets(group=None):
+    """Result files of one evaluation group (or of all groups)."""
+    return [job.path for job in EVAL_JOBS if group is None or job.group == group]
 
 
 def eval_meta(wildcards):
     step = None if wildcards.ckpt == "final" else int(wildcards.ckpt[4:])
     return as_json({"task": wildcards.task, "method": wildcards.evalmethod, "variant": wildcards.variant,
                     "seed": int(wildcards.seed), "step": step})
-
-
-EVAL_GROUPS = ["ce", "cfm"]
 
 
 def all_targets():

@@ -59,3 +59,93 @@ rule eval_cfm:
     shell:
         "ebft evaluate cfm --model {params.model} --feature-model {input.features} --data {input.data} "
         "--task-spec {params.task_spec:q} --spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"
+
+
+rule eval_cfm_by_length:
+    input:
+        model=eval_model,
+        features=base_feature_model,
+        data="results/data/{task}/valid.jsonl",
+    output:
+        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/cfm_by_length.json",
+    params:
+        model=eval_model_path,
+        task_spec=lambda wildcards: as_json(task_spec(wildcards.task)),
+        spec=as_json({**config["evaluation"]["cfm"], **config["evaluation"].get("cfm_by_length", {})}),
+        meta=eval_meta,
+    log:
+        "results/logs/eval_cfm_by_length/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
+    benchmark:
+        "results/benchmarks/rules/eval_cfm_by_length/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "ebft evaluate cfm --by-length --model {params.model} --feature-model {input.features} "
+        "--data {input.data} --task-spec {params.task_spec:q} --spec {params.spec:q} --meta {params.meta:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule eval_unit_tests:
+    input:
+        model=eval_model,
+        data="results/data/{task}/test.jsonl",
+    output:
+        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/unit_tests.json",
+    params:
+        model=eval_model_path,
+        spec=as_json(config["evaluation"].get("unit_tests", {})),
+        meta=eval_meta,
+    log:
+        "results/logs/eval_unit_tests/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
+    benchmark:
+        "results/benchmarks/rules/eval_unit_tests/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
+    threads: workflow.cores
+    conda:
+        ENV
+    shell:
+        "ebft evaluate unit-tests --model {params.model} --data {input.data} --spec {params.spec:q} "
+        "--meta {params.meta:q} --out {output} > {log} 2>&1"
+
+
+rule eval_humaneval:
+    input:
+        model=eval_model,
+    output:
+        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/humaneval.json",
+    params:
+        model=eval_model_path,
+        spec=as_json(config["evaluation"].get("humaneval", {})),
+        meta=eval_meta,
+    log:
+        "results/logs/eval_humaneval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
+    benchmark:
+        "results/benchmarks/rules/eval_humaneval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
+    threads: workflow.cores
+    conda:
+        ENV
+    shell:
+        "ebft evaluate humaneval --model {params.model} --spec {params.spec:q} --meta {params.meta:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule eval_translation:
+    input:
+        model=eval_model,
+        data="results/data/{task}/test.jsonl",
+    output:
+        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/translation.json",
+    params:
+        model=eval_model_path,
+        spec=as_json(config["evaluation"].get("translation", {})),
+        meta=eval_meta,
+    log:
+        "results/logs/eval_translation/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
+    benchmark:
+        "results/benchmarks/rules/eval_translation/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "ebft evaluate translation --model {params.model} --data {input.data} --spec {params.spec:q} "
+        "--meta {params.meta:q} --out {output} > {log} 2>&1"

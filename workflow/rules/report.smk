@@ -7,7 +7,7 @@ localrules:
 
 rule aggregate:
     input:
-        [path for group in EVAL_GROUPS for path in eval_targets(group)],
+        eval_targets(),
     output:
         tables=[
             report(

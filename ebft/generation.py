@@ -1,0 +1,129 @@
+"""Plain (non-strided) generation of completions for prompts: RLVR rollouts and downstream evaluation.
+
+Prompts are left-padded into one batch and completed with ``model.generate`` (KV cache), ``n`` samples per
+prompt, greedy when ``temperature == 0``. Sampling is reproducible: the global RNG is forked and seeded
+for the call, so the result depends only on ``seed`` (not on what ran before) and the caller's RNG
+stream is untouched. Completions are cut at the first EOS and then at the task's stop sequences:
+
+* code (HumanEval convention): a completion is a function body, so it ends at the first line that is not
+  indented (``"\\ndef"``, ``"\\nclass"``, ``"\\nif"``, ``"\\nprint"``, ``"\\n#"``, or any other top-level line);
+* translation: the first line of the generation is the hypothesis (the answer format is ``" {ref}\\n"``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+CODE_KINDS = frozenset({"code_qa", "humaneval"})
+_TOP_LEVEL_LINE = re.compile(r"\n(?=\S)")
+
+
+def truncate_completion(text: str, kind: str) -> str:
+    """Cut a raw generation to the part that is graded (see the module docstring)."""
+    if kind in CODE_KINDS:
+        match = _TOP_LEVEL_LINE.search(text)
+        return text[: match.start() + 1] if match else text
+    if kind == "translation":
+        return text.strip().split("\n", 1)[0].strip() if text.strip() else ""
+    return text
+
+
+@dataclass
+class Generations:
+    """``n`` completions per prompt, prompt-major (row ``i * n + j`` is sample ``j`` of prompt ``i``)."""
+
+    prompt_ids: torch.Tensor  # [B*n, P] left-padded prompt tokens
+    prompt_mask: torch.Tensor  # [B*n, P]
+    completion_ids: torch.Tensor  # [B*n, M] generated tokens (pad after EOS)
+    completion_mask: torch.Tensor  # [B*n, M] 1 on generated tokens up to and including the first EOS
+    texts: list[str]  # decoded, truncated completions (len B*n)
+    raw_texts: list[str]  # decoded completions before stop-sequence truncation
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    kind: str,
+    num_samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+    max_length: int | None = None,
+) -> Generations:
+    """Complete every prompt ``num_samples`` times (see the module docstring).
+
+    ``max_length`` (default: the model's ``max_position_embeddings``) bounds prompt + completion; longer
+    prompts keep their last ``max_length - max_new_tokens`` tokens.
+    """
+    device = next(model.parameters()).device
+    limit = max_length or getattr(model.config, "max_position_embeddings", None)
+    trunc = {} if limit is None else {"truncation": True, "max_length": max(1, limit - max_new_tokens)}
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        enc = tokenizer(prompts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt",
+                        **trunc)
+    finally:
+        tokenizer.truncation_side = side
+    ids = enc["input_ids"].to(device).repeat_interleave(num_samples, dim=0)
+    mask = enc["attention_mask"].to(device).repeat_interleave(num_samples, dim=0)
+    sample = temperature > 0
+    # top_k=0: no top-k truncation (HF's default generation config would otherwise apply top_k=50, and the
+    # samples would not come from the tempered distribution the policy loss scores)
+    kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if sample else {
+        "do_sample": False}
+    was_training = model.training
+    model.eval()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **kwargs)
+    finally:
+        model.train(was_training)
+    completion = out[:, ids.shape[1] :]
+    is_eos = completion == tokenizer.eos_token_id
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first EOS
+    completion_mask = (~after_eos).long()
+    raw = tokenizer.batch_decode(completion.masked_fill(after_eos | is_eos, tokenizer.pad_token_id),
+                                 skip_special_tokens=True)
+    return Generations(ids, mask, completion.masked_fill(after_eos, tokenizer.pad_token_id), completion_mask,
+                       [truncate_completion(t, kind) for t in raw], raw)
+
+
+def generate_batched(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, batch_size: int,
+    seed: int = 0, **kwargs: object,
+) -> list[list[str]]:
+    """:func:`generate` over prompt batches; returns the truncated completions, ``n`` per prompt."""
+    n = int(kwargs.get("num_samples", 1))
+    out: list[list[str]] = []
+    for i in range(0, len(prompts), batch_size):
+        gens = generate(model, tokenizer, prompts[i : i + batch_size], seed=seed + i, **kwargs)
+        out.extend(gens.texts[j : j + n] for j in range(0, len(gens.texts), n))
+    return out
+
+
+def completion_logprobs(
+    model: torch.nn.Module, gens: Generations, temperature: float = 1.0
+) -> torch.Tensor:
+    """Log-probs ``log softmax(z / T)`` of the generated tokens under ``model`` (differentiable): [B*n, M].
+
+    One forward over ``[prompt | completion]``; only the completion rows of the logits are normalised.
+    """
+    ids = torch.cat([gens.prompt_ids, gens.completion_ids], dim=1)
+    attn = torch.cat([gens.prompt_mask, gens.completion_mask], dim=1)
+    positions = (attn.cumsum(dim=1) - 1).clamp_min(0)
+    P = gens.prompt_ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits[:, P - 1 : -1]
+    logp = torch.log_softmax(logits.float() / max(temperature, 1e-6), dim=-1)
+    return logp.gather(-1, gens.completion_ids.unsqueeze(-1)).squeeze(-1)
