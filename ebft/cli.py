@@ -247,7 +247,7 @@ def _eval_code(args: argparse.Namespace, problems: dict[str, dict[str, Any]], pr
     prompts = [problems[t]["prompt"] for t in ids]
     common = {"kind": "code_qa", "max_new_tokens": spec.get("max_new_tokens", 128),
               "batch_size": spec.get("batch_size", 16), "seed": spec.get("seed", 0)}
-    score = {"timeout_s": spec.get("timeout_s", 10.0), "workers": spec.get("workers", 2)}
+    score = {"timeout_s": spec.get("timeout_s", 10.0), "workers": spec.get("workers", 2), "cache": {}}
     t0 = time.time()
     greedy = generate_batched(model, tok, prompts, num_samples=1, temperature=0.0, **common)
     greedy_res = score_samples([{"task_id": t, "completion": c[0]} for t, c in zip(ids, greedy, strict=True)],
@@ -326,6 +326,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebft", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (Snakemake passes {threads})")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("prepare-data", help="write results/data/{task}/{train,valid,test}.jsonl for one task")
@@ -433,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.func(args)
     return 0
 

@@ -120,8 +120,15 @@ def micro_config() -> dict:
                                              checkpoint_steps=[3], resume_every=2, log_every=1)
     cfg["methods"]["ebft"]["defaults"].update(max_steps=2, batch_size=2, micro_batch_size=2, num_samples=2,
                                               checkpoint_steps=[1], resume_every=1, log_every=1)
-    cfg["evaluation"]["ce"] = {"max_chunks": 4, "batch_size": 4}
-    cfg["evaluation"]["cfm"].update(max_chunks=2, batch_size=2, num_samples=2)
+    cfg["methods"]["rlvr"]["defaults"].update(max_steps=2, batch_size=2, micro_batch_size=2, num_samples=2,
+                                              max_new_tokens=8, checkpoint_steps=[1], resume_every=1, log_every=1)
+    ev = cfg["evaluation"]
+    ev["ce"] = {"max_chunks": 4, "batch_size": 4}
+    ev["cfm"].update(max_chunks=2, batch_size=2, num_samples=2)
+    ev["cfm_by_length"].update(gen_lens=[8, 16], max_chunks=1)
+    for group in ("unit_tests", "humaneval"):
+        ev[group].update(max_problems=3, num_samples=2, ks=[1, 2], max_new_tokens=12)
+    ev["translation"].update(max_examples=12, max_new_tokens=8)
     return cfg
 
 
@@ -153,8 +160,19 @@ def test_micro_pipeline_end_to_end_builds_report(micro):
         assert {"base", "sft", "ebft"} <= {line.split(",")[0] for line in table.splitlines()}
         result = json.loads((micro / f"results/eval/{task}/sft/default/seed0/step3/ce.json").read_text())
         assert result["step"] == 3 and result["metrics"]["eval/ce"] > 0
+        by_length = json.loads((micro / f"results/eval/{task}/sft/default/seed0/final/cfm_by_length.json").read_text())
+        assert {"eval/cfm_len8", "eval/cfm_len16"} <= set(by_length["metrics"])
         cfm = json.loads((micro / f"results/eval/{task}/ebft/sft/seed0/final/cfm.json").read_text())
         assert cfm["details"]["blocks"] > 0 and cfm["model"].endswith("ebft/sft/seed0/model")
+    he = json.loads((micro / "results/eval/code_qa/rlvr/default/seed0/final/humaneval.json").read_text())
+    assert {"eval/humaneval_greedy", "eval/humaneval_pass@1", "eval/humaneval_pass@2"} <= set(he["metrics"])
+    ut = json.loads((micro / "results/eval/code_qa/base/tiny/seed0/final/unit_tests.json").read_text())
+    assert 0.0 <= ut["metrics"]["eval/unit_tests_greedy"] <= 1.0
+    tr = json.loads((micro / "results/eval/translation/ebft/default/seed0/final/translation.json").read_text())
+    assert {"eval/bleu", "eval/chrf", "eval/bleu/en-xx", "eval/chrf/xx-en"} <= set(tr["metrics"])
+    assert not (micro / "results/runs/code_unstructured/rlvr").exists()  # no verifier for unstructured code
+    for figure in ("validation_ce", "cfm_by_length", "training_curves"):
+        assert (micro / "results" / "figures" / f"{figure}.svg").stat().st_size > 1000
     from transformers import AutoModelForCausalLM
 
     for model in sorted(micro.glob("results/runs/*/*/*/seed*/model")) + [micro / "results/models/tiny/model"]:

@@ -45,11 +45,13 @@ def score_samples(
     timeout_s: float = 10.0,
     workers: int = 2,
     where: str = "samples",
+    cache: dict | None = None,
 ) -> dict[str, Any]:
     """Score ``{"task_id", "completion"}`` samples (any subset of problems, any number per problem).
 
     Returns ``{"pass@1": ..., "pass@k": ..., "num_problems", "num_samples", "per_task": {task_id: {n, c,
-    pass@k...}}, "per_sample": [{task_id, completion_index, status, reason}]}``.
+    pass@k...}}, "per_sample": [{task_id, completion_index, status, reason}]}``. ``cache`` (program ->
+    result) may be shared between calls on the same problems.
     """
     from ebft.sandbox import check_many
 
@@ -60,7 +62,12 @@ def score_samples(
             raise ValueError(f"{where}: sample {i} has unknown task_id {s['task_id']!r}")
     items = [(problems[s["task_id"]]["prompt"] + s["completion"], problems[s["task_id"]]["test"],
               problems[s["task_id"]]["entry_point"]) for s in samples]
-    results = check_many(items, workers=workers, timeout_s=timeout_s)
+    # identical programs (repeated samples, greedy == sampled) run once: the sandbox is deterministic
+    # for a program (fixed hash seed, fresh directory), and small models repeat themselves a lot
+    by_program = {} if cache is None else cache
+    todo = [item for item in dict.fromkeys(items) if item not in by_program]
+    by_program.update(zip(todo, check_many(todo, workers=workers, timeout_s=timeout_s), strict=True))
+    results = [by_program[item] for item in items]
     per_task: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "c": 0})
     per_sample = []
     for s, res in zip(samples, results, strict=True):

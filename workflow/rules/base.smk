@@ -47,7 +47,7 @@ rule pretrain_base:
     conda:
         ENV
     shell:
-        "{params.launch} pretrain --tokenizer {input.tokenizer} --data {input.data} --spec {params.spec:q} "
+        "{params.launch} --threads {threads} pretrain --tokenizer {input.tokenizer} --data {input.data} --spec {params.spec:q} "
         "--out results/models/{wildcards.model} > {log} 2>&1"
 
 

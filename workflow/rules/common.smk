@@ -116,5 +116,6 @@ def eval_meta(wildcards):
 def all_targets():
     return (
         expand("results/tables/{task}.html", task=TASKS)
-        + ["results/tables/summary.csv", "results/figures/validation_ce.svg"]
+        + ["results/tables/summary.csv"]
+        + [f"results/figures/{name}.svg" for name in ("validation_ce", "cfm_by_length", "training_curves")]
     )

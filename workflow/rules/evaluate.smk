@@ -25,7 +25,7 @@ rule eval_ce:
     conda:
         ENV
     shell:
-        "ebft evaluate ce --model {params.model} --data {input.data} --task-spec {params.task_spec:q} "
+        "ebft --threads {threads} evaluate ce --model {params.model} --data {input.data} --task-spec {params.task_spec:q} "
         "--spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"
 
 
@@ -57,7 +57,7 @@ rule eval_cfm:
     conda:
         ENV
     shell:
-        "ebft evaluate cfm --model {params.model} --feature-model {input.features} --data {input.data} "
+        "ebft --threads {threads} evaluate cfm --model {params.model} --feature-model {input.features} --data {input.data} "
         "--task-spec {params.task_spec:q} --spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"
 
 
@@ -81,7 +81,7 @@ rule eval_cfm_by_length:
     conda:
         ENV
     shell:
-        "ebft evaluate cfm --by-length --model {params.model} --feature-model {input.features} "
+        "ebft --threads {threads} evaluate cfm --by-length --model {params.model} --feature-model {input.features} "
         "--data {input.data} --task-spec {params.task_spec:q} --spec {params.spec:q} --meta {params.meta:q} "
         "--out {output} > {log} 2>&1"
 
@@ -104,7 +104,7 @@ rule eval_unit_tests:
     conda:
         ENV
     shell:
-        "ebft evaluate unit-tests --model {params.model} --data {input.data} --spec {params.spec:q} "
+        "ebft --threads {threads} evaluate unit-tests --model {params.model} --data {input.data} --spec {params.spec:q} "
         "--meta {params.meta:q} --out {output} > {log} 2>&1"
 
 
@@ -125,7 +125,7 @@ rule eval_humaneval:
     conda:
         ENV
     shell:
-        "ebft evaluate humaneval --model {params.model} --spec {params.spec:q} --meta {params.meta:q} "
+        "ebft --threads {threads} evaluate humaneval --model {params.model} --spec {params.spec:q} --meta {params.meta:q} "
         "--out {output} > {log} 2>&1"
 
 
@@ -147,5 +147,5 @@ rule eval_translation:
     conda:
         ENV
     shell:
-        "ebft evaluate translation --model {params.model} --data {input.data} --spec {params.spec:q} "
+        "ebft --threads {threads} evaluate translation --model {params.model} --data {input.data} --spec {params.spec:q} "
         "--meta {params.meta:q} --out {output} > {log} 2>&1"

@@ -28,6 +28,20 @@ rule aggregate:
             subcategory="validation CE",
             labels={"figure": "validation CE"},
         ),
+        cfm_length=report(
+            "results/figures/cfm_by_length.svg",
+            caption="../report/cfm_by_length.rst",
+            category="Figures",
+            subcategory="CFM vs completion length",
+            labels={"figure": "CFM vs completion length"},
+        ),
+        curves=report(
+            "results/figures/training_curves.svg",
+            caption="../report/training_curves.rst",
+            category="Figures",
+            subcategory="metrics over training",
+            labels={"figure": "metrics over training"},
+        ),
     log:
         "results/logs/aggregate.log",
     benchmark:

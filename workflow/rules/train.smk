@@ -55,7 +55,7 @@ for _method in TRAINED_METHODS:
         conda:
             ENV
         shell:
-            "{params.launch} train --method {params.method} --task {wildcards.task} "
+            "{params.launch} --threads {threads} train --method {params.method} --task {wildcards.task} "
             "--task-spec {params.task_spec:q} --spec {params.spec:q} --seed {wildcards.seed} "
             "--init {input.init} {params.features} --data results/data/{wildcards.task} --out {params.run} "
             "> {log} 2>&1"
