@@ -297,6 +297,26 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     aggregate([Path(p) for p in args.results], Path(args.tables), Path(args.figures))
 
 
+def cmd_build_comet_tiny(args: argparse.Namespace) -> None:
+    """Tiny random COMET checkpoint (offline), its tokenizer trained on the translation task's sentences."""
+    import subprocess
+    import tempfile
+
+    from ebft.evaluation.comet_bridge import REPO_ROOT, comet_python
+
+    records = _read_records([args.data])
+    lines = sorted({text for r in records for text in (r.get("source", ""), r.get("reference", "")) if text})
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8", delete=False) as fh:
+        fh.write("\n".join(lines) + "\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    cmd = [comet_python(), "-m", "ebft.evaluation.comet_tiny", args.out, "--texts", fh.name, "--seed", str(args.seed)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    Path(fh.name).unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise SystemExit(f"building the tiny COMET checkpoint failed:\n{done.stderr[-3000:]}")
+    log.info("tiny COMET checkpoint: %s", done.stdout.strip())
+
+
 def cmd_timings(args: argparse.Namespace) -> None:
     """Per-rule wall times from Snakemake ``benchmark:`` files (one TSV per job)."""
     import pandas as pd
@@ -317,9 +337,11 @@ def cmd_timings(args: argparse.Namespace) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from ebft.hub import download
+    from ebft.hub import download, download_encoder_files
 
     download(args.kind, args.repo_id, Path(args.out), revision=args.revision)
+    if args.encoder:
+        download_encoder_files(args.encoder)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -414,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", required=True, help="output directory for figures")
     s.set_defaults(func=cmd_aggregate)
 
+    s = sub.add_parser("build-comet-tiny", help="build a tiny random COMET checkpoint offline (COMET env)")
+    s.add_argument("--data", required=True, help="translation train.jsonl (tokenizer training text)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_build_comet_tiny)
+
     s = sub.add_parser("timings", help="per-rule wall times from the workflow's benchmark files")
     s.add_argument("root", nargs="?", default="results/benchmarks/rules")
     s.set_defaults(func=cmd_timings)
@@ -421,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("download", help="materialise a hub model or dataset locally (needs network)")
     s.add_argument("kind", choices=["model", "dataset"])
     s.add_argument("--repo-id", required=True)
+    s.add_argument("--encoder", default=None,
+                   help="COMET: also cache this encoder's config and tokenizer (e.g. FacebookAI/xlm-roberta-large)")
     s.add_argument("--revision", default=None)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_download)

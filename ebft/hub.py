@@ -32,3 +32,14 @@ def download(kind: str, repo_id: str, out: Path, *, revision: str | None = None)
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def download_encoder_files(repo_id: str) -> None:
+    """Put an encoder's config and tokenizer files into the Hugging Face cache (``HF_HOME``).
+
+    A COMET checkpoint names its encoder (``xlm-roberta-large`` for wmt22-comet-da) and loads that
+    encoder's config and tokenizer by name; with the cache on a shared filesystem, offline GPU jobs find them.
+    """
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(repo_id, allow_patterns=["*.json", "*.model", "*.txt"])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent environment setup: .venv (training, evaluation, workflow, tests).
+# Idempotent environment setup: .venv (training, evaluation, workflow, tests) and .venv-comet (COMET).
 # Re-running is cheap: it only reinstalls when requirements or pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${EBFT_VENV:-.venv}
 stamp="$VENV/.ebft-installed"
-want=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml requirements/main.txt requirements/dev.txt | sha256sum | cut -c1-16)
 
+# the COMET scorer's own environment (unbabel-comet cannot share one with transformers 5): docs/comet.md
+bash scripts/setup_comet.sh >/dev/null
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

@@ -61,6 +61,9 @@ def expected_counts(cfg: dict) -> Counter:
         counts["pretrain_base"] = len(pretrained)
     counts["download_model"] = len(hub_models)
     counts["download_dataset"] = len(datasets)
+    comet = cfg["evaluation"].get("translation", {}).get("comet_model")
+    if counts["eval_translation"] and comet:
+        counts["build_comet_tiny" if comet == "tiny" else "download_comet"] = 1
     return +counts
 
 

@@ -1,6 +1,7 @@
 # Config validation, helpers and the run grid. No method logic lives in the .smk files.
 
 import json
+import os
 
 from snakemake.utils import validate
 
@@ -36,6 +37,19 @@ wildcard_constraints:
     ckpt=r"final|step\d+",
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     slug=r"[A-Za-z0-9][A-Za-z0-9_.-]*--[A-Za-z0-9_.-]+",
+
+
+def comet_model_dir():
+    """The COMET checkpoint translation evaluation uses: built here ('tiny'), downloaded (a hub id), a local
+    path, or None (no COMET)."""
+    name = config["evaluation"].get("translation", {}).get("comet_model")
+    if not name:
+        return None
+    if name == "tiny":
+        return "results/models/comet-tiny"
+    if "/" in name and not os.path.exists(name):
+        return f"resources/hf/comet/{slug(name)}"
+    return name
 
 
 def as_json(obj):

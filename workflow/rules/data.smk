@@ -4,6 +4,7 @@
 localrules:
     download_dataset,
     download_model,
+    download_comet,
 
 
 def data_spec(task):

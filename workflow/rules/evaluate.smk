@@ -129,8 +129,47 @@ rule eval_humaneval:
         "--out {output} > {log} 2>&1"
 
 
+def comet_input(wildcards):
+    path = comet_model_dir()
+    return {} if path is None else {"comet": path}
+
+
+def comet_flag(wildcards, input):
+    return f"--comet-model {input.comet}" if "comet" in input.keys() else ""
+
+
+rule build_comet_tiny:
+    input:
+        data=lambda wildcards: [f"results/data/{t}/train.jsonl" for t in TASKS if config["tasks"][t]["kind"] == "translation"],
+    output:
+        directory("results/models/comet-tiny"),
+    log:
+        "results/logs/build_comet_tiny.log",
+    benchmark:
+        "results/benchmarks/rules/build_comet_tiny.tsv"
+    conda:
+        "../../envs/comet.yaml"
+    shell:
+        "ebft build-comet-tiny --data {input.data[0]} --out {output} > {log} 2>&1"
+
+
+rule download_comet:
+    output:
+        directory("resources/hf/comet/{slug}"),
+    params:
+        repo_id=lambda wildcards: config["evaluation"]["translation"]["comet_model"],
+        encoder=config["evaluation"].get("translation", {}).get("comet_encoder", "FacebookAI/xlm-roberta-large"),
+    log:
+        "results/logs/download_comet/{slug}.log",
+    conda:
+        ENV
+    shell:
+        "ebft download model --repo-id {params.repo_id} --encoder {params.encoder} --out {output} > {log} 2>&1"
+
+
 rule eval_translation:
     input:
+        unpack(comet_input),
         model=eval_model,
         data="results/data/{task}/test.jsonl",
     output:
@@ -138,6 +177,7 @@ rule eval_translation:
     params:
         model=eval_model_path,
         spec=as_json(config["evaluation"].get("translation", {})),
+        comet=comet_flag,
         meta=eval_meta,
     log:
         "results/logs/eval_translation/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
@@ -147,5 +187,5 @@ rule eval_translation:
     conda:
         ENV
     shell:
-        "ebft --threads {threads} evaluate translation --model {params.model} --data {input.data} --spec {params.spec:q} "
-        "--meta {params.meta:q} --out {output} > {log} 2>&1"
+        "ebft --threads {threads} evaluate translation --model {params.model} --data {input.data} "
+        "{params.comet} --spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"
