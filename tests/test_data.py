@@ -526,3 +526,21 @@ def test_prepare_task_rejects_bad_configs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lacks the key 'kind'"):
         prepare_task("t", {"source": "hub", "splits": {}, "columns": {}}, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_prepare_hub_translation_with_ood_test_set(tmp_path: Path) -> None:
+    rows = [{"uid": f"u{i}", "lp": "en-de", "src": f"Hello number {i}.", "ref": f"Hallo Nummer {i}."} for i in range(4)]
+    write_jsonl(tmp_path / "wmt.jsonl", rows)
+    ood = [{"uid": f"o{i}", "lp": "fr-en", "src": f"Salut {i} !", "ref": f"Hi {i}!"} for i in range(2)]
+    write_jsonl(tmp_path / "mtnt.jsonl", ood)
+    columns = {"id": "uid", "lang_pair": "lp", "source": "src", "reference": "ref"}
+    path = str(tmp_path / "wmt.jsonl")
+    splits = {"train": {"path": path, "split": "train", "max_rows": 2},
+              "valid": {"path": path, "split": "train", "skip_rows": 2, "max_rows": 1},
+              "test": {"path": path, "split": "train", "skip_rows": 3}}
+    cfg = {"source": "hub", "kind": "translation", "columns": columns, "splits": splits,
+           "ood_test": {"path": str(tmp_path / "mtnt.jsonl"), "split": "train", "origin": "mtnt"}}
+    prepare_task("translation", cfg, tmp_path / "out")
+    test = read_jsonl(tmp_path / "out" / "test.jsonl", validate_kind="translation")
+    assert [r["origin"] for r in test].count("mtnt") == 2 and len(test) == 3
+    assert {r["src_lang"] for r in test if r["origin"] == "mtnt"} == {"fr"}

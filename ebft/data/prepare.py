@@ -13,6 +13,8 @@
 ``splits``                 hub: ``{train: {path, split, max_rows?, skip_rows?}, valid: ..., test: ...}``
 ``columns``                hub: record key -> dataset column
 ``defaults``               hub: constant record values (e.g. ``{origin: wmt22}``)
+``ood_test``               hub, optional: ``{path, split, origin, columns?, max_rows?}`` appended to the test
+                           split with ``origin`` set (translation: MTNT, scored as ``eval/ood/*``)
 ``kind``                   hub: the record schema (qa | code_qa | unstructured | translation)
 =========================  ===============================================================================
 
@@ -98,6 +100,18 @@ def _from_hub(cfg: Mapping[str, Any], task_name: str) -> Splits:
             task_kind=kind,
             defaults=cfg.get("defaults"),
             id_prefix=split,
+        )
+    ood = cfg.get("ood_test")
+    if ood:  # an out-of-distribution test set (e.g. MTNT for translation), marked by its `origin`
+        origin = ood.get("origin", "ood")
+        out["test"] = out["test"] + hub.load_split(
+            ood["path"],
+            ood.get("split", "test"),
+            columns=ood.get("columns", _require(cfg, "columns", task_name)),
+            max_rows=ood.get("max_rows"),
+            task_kind=kind,
+            defaults={**(cfg.get("defaults") or {}), "origin": origin},
+            id_prefix=f"test-{origin}",
         )
     return out
 

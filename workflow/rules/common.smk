@@ -24,7 +24,7 @@ HUB_DATASETS = {
     slug(s["path"]): s
     for t in config["tasks"].values()
     if t["data"]["source"] == "hub"
-    for s in t["data"]["splits"].values()
+    for s in [*t["data"]["splits"].values(), *([t["data"]["ood_test"]] if t["data"].get("ood_test") else [])]
 }
 
 

@@ -15,6 +15,8 @@ def data_spec(task):
         spec["splits"] = {
             name: {**s, "path": f"resources/hf/datasets/{slug(s['path'])}"} for name, s in spec["splits"].items()
         }
+        if spec.get("ood_test"):
+            spec["ood_test"] = {**spec["ood_test"], "path": f"resources/hf/datasets/{slug(spec['ood_test']['path'])}"}
     return spec
 
 
@@ -22,7 +24,8 @@ def data_inputs(wildcards):
     spec = config["tasks"][wildcards.task]["data"]
     if spec["source"] != "hub":
         return []
-    return sorted({f"resources/hf/datasets/{slug(s['path'])}" for s in spec["splits"].values()})
+    extra = [spec["ood_test"]] if spec.get("ood_test") else []
+    return sorted({f"resources/hf/datasets/{slug(s['path'])}" for s in [*spec["splits"].values(), *extra]})
 
 
 rule prepare_data:
