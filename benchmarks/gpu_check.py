@@ -33,6 +33,15 @@ from ebft.trainer import Trainer, read_log
 DEV = torch.device(os.environ.get("EBFT_CHECK_DEVICE", "cuda"))
 
 
+def _reset_peak() -> None:
+    if DEV.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gb() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if DEV.type == "cuda" else float("nan")
+
+
 def tiny(arch: str, seed: int = 0, **kw) -> torch.nn.Module:
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
     base = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -97,14 +106,46 @@ def train_steps(method: str, steps: int = 5) -> dict:
                                 "warmup_steps": 0, "schedule": "constant_with_warmup", "log_every": 1,
                                 "mixed_precision": "bf16", "seq_len": L})
     run = f"/tmp/gpu_check_{method}"
-    torch.cuda.reset_peak_memory_stats()
+    _reset_peak()
     t0 = time.time()
     Trainer(tc, run, show_progress=False).fit(model, None, data, objective)
     total = time.time() - t0
     log = read_log(f"{run}/train_log.jsonl")
     keys = ["train/loss", "train/ce", "train/rl_loss", "ebft/reward", "ebft/cfm", "train/grad_norm", "time/elapsed_s"]
     return {"steps": [{k: r[k] for k in keys if k in r} for r in log], "total_s": total,
-            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30, "batch_chunks": batch, "seq_len": L}
+            "peak_mem_gb": _peak_gb(), "batch_chunks": batch, "seq_len": L}
+
+
+def rlvr_steps(steps: int = 5) -> dict:
+    """RLVR in bf16 autocast: a BPE tokenizer trained here, a random Qwen2, a chrF reward on echo prompts."""
+    import tempfile
+
+    from ebft.cli import RecordDataset, collate_records
+    from ebft.objectives import RLVRObjective
+    from ebft.rewards import TranslationMetricReward
+    from ebft.tokenizer import train_bpe
+
+    words = [f"item{i} value{i * 7 % 13}" for i in range(200)]
+    tok = train_bpe([f"Repeat: {w}\n {w}\n" for w in words] * 5, 600, tempfile.mkdtemp())
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    records = [{"question": f"Repeat: {w}\n", "reference": w} for w in words]
+    objective = RLVRObjective({"num_samples": 4, "temperature": 1.0, "max_new_tokens": 32}, tokenizer=tok,
+                              kind="translation", reward_fn=TranslationMetricReward("chrf"), seed=0)
+    tc = TrainConfig.from_dict({"lr": 1e-4, "max_steps": steps, "batch_size": 16, "micro_batch_size": 8,
+                                "warmup_steps": 0, "schedule": "constant_with_warmup", "log_every": 1,
+                                "mixed_precision": "bf16"})
+    _reset_peak()
+    t0 = time.time()
+    Trainer(tc, "/tmp/gpu_check_rlvr", show_progress=False).fit(model, tok, RecordDataset(records), objective,
+                                                               collate_fn=collate_records)
+    log = read_log("/tmp/gpu_check_rlvr/train_log.jsonl")
+    keys = ["train/loss", "rlvr/reward_mean", "rlvr/completion_tokens", "train/grad_norm", "time/elapsed_s"]
+    return {"steps": [{k: r[k] for k in keys if k in r} for r in log], "total_s": time.time() - t0,
+            "peak_mem_gb": _peak_gb(), "batch_prompts": 16, "num_samples": 4}
 
 
 def sampler_timing() -> dict:
@@ -132,7 +173,8 @@ def sampler_timing() -> dict:
 def main(path: str) -> None:
     report = {"device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch": torch.__version__}
     for name, fn in [("invariants", invariants), ("sft_bf16", lambda: train_steps("sft")),
-                     ("ebft_bf16", lambda: train_steps("ebft")), ("sampler", sampler_timing)]:
+                     ("ebft_bf16", lambda: train_steps("ebft")), ("rlvr_bf16", rlvr_steps),
+                     ("sampler", sampler_timing)]:
         t0 = time.time()
         try:
             report[name] = fn()
