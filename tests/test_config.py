@@ -133,3 +133,8 @@ def test_envs_pin_what_requirements_pin():
     deps = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     # every pyproject dependency except torch (whose build the setup chooses) is pinned identically
     assert {d for d in deps if not d.startswith("torch")} == {r for r in reqs if not r.startswith("torch")}
+    comet = yaml.safe_load((ROOT / "envs" / "comet.yaml").read_text())
+    comet_pip = next(d["pip"] for d in comet["dependencies"] if isinstance(d, dict))
+    assert "-r ../requirements/comet.txt" in comet_pip
+    comet_reqs = (ROOT / "requirements" / "comet.txt").read_text()
+    assert "unbabel-comet==2.2.7" in comet_reqs and "torch==2.13.0" in comet_reqs

@@ -148,7 +148,7 @@ rule build_comet_tiny:
     benchmark:
         "results/benchmarks/rules/build_comet_tiny.tsv"
     conda:
-        "../../envs/comet.yaml"
+        ENV  # `ebft` runs the COMET interpreter itself (EBFT_COMET_PYTHON or .venv-comet; docs/comet.md)
     shell:
         "ebft build-comet-tiny --data {input.data[0]} --out {output} > {log} 2>&1"
 
