@@ -113,8 +113,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ebft.config import TrainConfig
     from ebft.data.packing import pack_records
     from ebft.modeling import load_model, load_tokenizer
+    from ebft.slurm import check_visible_gpus, expected_gpus
     from ebft.trainer import Trainer
 
+    check_visible_gpus(expected_gpus())  # a Slurm job given N GPUs must see N (plugin issues #316, #459)
     task_spec, spec = args.task_spec, args.spec
     tok = load_tokenizer(args.init)
     model = load_model(args.init)

@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# system tests (EBFT_SYSTEM_TESTS=1, as in CI) need Debian packages: a local Slurm and headless Chromium
+if [ "${EBFT_SYSTEM_TESTS:-0}" = "1" ]; then bash scripts/install_system_test_deps.sh; fi
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/ruff check ebft tests benchmarks
 .venv/bin/python -m pytest "$@"

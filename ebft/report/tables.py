@@ -1,17 +1,25 @@
-"""Evaluation results -> tidy frame -> one table per task (CSV + HTML) and the summary figures.
+"""Evaluation results -> tidy frame -> one table per task (CSV + HTML), EBFT ablation tables, figures.
 
 The tidy frame has one row per (task, method, variant, seed, step, metric). Tables show final models
 (``step`` is null), one row per (method, variant), one column per metric, mean over seeds (with the
-standard deviation in a second column when there is more than one seed).
+standard deviation in a second column when there is more than one seed; the HTML shows ``mean ± std``).
+
+Row names come from the resolved variant parameters the workflow passes in (``meta``, see
+:func:`report_meta`): ``EBFT (from base)`` for EBFT variants with ``init: base`` and ``EBFT (from SFT)``
+(SFT→EBFT) for ``init: sft``. Without them, a variant name starting with ``sft`` marks a warm start.
 """
 
 from __future__ import annotations
 
+import html as html_lib
+import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import yaml
 
 from ebft.evaluation.results import read_result
 
@@ -20,6 +28,16 @@ log = logging.getLogger(__name__)
 #: Row order of methods in every table and figure.
 METHOD_ORDER = ["base", "sft", "rlvr", "ebft"]
 KEYS = ["task", "method", "variant", "seed", "step"]
+#: Row kinds in table order, with their display names.
+ROW_KINDS = {"base": "base", "sft": "SFT", "rlvr": "RLVR", "ebft_base": "EBFT (from base)",
+             "ebft_sft": "EBFT (from SFT)", "sft_rlvr": "RLVR (from SFT)"}
+#: Variant parameters shown in the ablation tables (``pooling`` is the resolved ``embed_method``).
+ABLATION_PARAMS = ["init", "whitening", "pooling", "ce_coef", "diversity_coef"]
+#: Keys of a variant's parameters kept in the report meta (small enough for one command-line argument).
+META_PARAMS = ("init", "whitening", "embed_method", "ce_coef", "diversity_coef", "alignment_coef", "base_model",
+               "lr", "epochs", "max_steps")
+NON_METRIC = ("row", "kind", "init", "seeds")
+PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 
 
 def load_results(paths: list[Path]) -> pd.DataFrame:
@@ -32,49 +50,274 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
                          "value": value, "source": str(path)})
     frame = pd.DataFrame(rows, columns=[*KEYS, "train_step", "metric", "value", "source"])
     frame["method"] = pd.Categorical(frame["method"], categories=METHOD_ORDER, ordered=True)
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     return frame
 
 
+# ------------------------------------------------------------------------------------------- meta
+def report_meta(config: dict[str, Any], methods: tuple[str, ...] = ("sft", "rlvr", "ebft")) -> dict[str, Any]:
+    """What the report needs from a workflow config: its name and, per task, the pooling and the resolved
+    parameters of every trained (method, variant). The aggregate rule passes this as JSON."""
+    from ebft.config import task_variants
+
+    out: dict[str, Any] = {"name": config.get("name", ""), "tasks": {}}
+    for task, spec in config["tasks"].items():
+        variants = {}
+        for method in methods:
+            variants[method] = {name: {k: v for k, v in params.items() if k in META_PARAMS}
+                                for name, params in task_variants(config, method, task).items()}
+        out["tasks"][task] = {"embed_method": spec.get("embed_method"), "base_model": spec.get("base_model"),
+                              "evaluations": list(spec.get("evaluations", [])), "variants": variants}
+    return out
+
+
+def variant_params(meta: dict[str, Any] | None, task: str, method: str, variant: str) -> dict[str, Any]:
+    """Resolved parameters of (task, method, variant), or the name convention when meta lacks them."""
+    tmeta = (meta or {}).get("tasks", {}).get(task, {})
+    params = dict(tmeta.get("variants", {}).get(method, {}).get(variant) or {})
+    if not params and method in ("rlvr", "ebft"):
+        params["init"] = "sft" if variant.startswith("sft") else "base"
+    if method == "ebft":
+        params.setdefault("init", "base")
+        params["pooling"] = params.get("embed_method") or tmeta.get("embed_method")
+    return params
+
+
+def row_kind(method: str, params: dict[str, Any]) -> str:
+    if method == "ebft":
+        return "ebft_sft" if params.get("init") == "sft" else "ebft_base"
+    if method == "rlvr" and params.get("init") == "sft":
+        return "sft_rlvr"
+    return method
+
+
+def row_names(keys: list[tuple[str, str]], task: str, meta: dict[str, Any] | None) -> dict[tuple[str, str], str]:
+    """Display name of every (method, variant) row: the kind's name, plus the variant when a kind has several."""
+    kinds = {key: row_kind(key[0], variant_params(meta, task, *key)) for key in keys}
+    counts = pd.Series(list(kinds.values())).value_counts().to_dict() if kinds else {}
+    names = {}
+    for (method, variant), kind in kinds.items():
+        name = ROW_KINDS.get(kind, method)
+        if method == "base":
+            name = f"base ({variant})" if counts[kind] > 1 else "base"
+        elif counts[kind] > 1 or (variant not in ("default", "sft") and method != "ebft"):
+            name = f"{name}: {variant}"
+        names[(method, variant)] = name
+    return names
+
+
+def _kind_order(method: str, variant: str, task: str, meta: dict[str, Any] | None) -> int:
+    return list(ROW_KINDS).index(row_kind(method, variant_params(meta, task, method, variant)))
+
+
+# ------------------------------------------------------------------------------------------ tables
 #: Metrics shown in the per-task tables (summary.csv keeps everything): top-level metrics, direction groups
 #: of the translation metrics and the out-of-distribution set; per-direction and per-length values stay out.
 TABLE_METRIC = re.compile(r"^eval/(ood/)?[^/]+$|^eval/(ood/)?(bleu|chrf|comet)/(en-xx|xx-en)$")
 
 
-def task_table(frame: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Final-model table of one task: index (method, variant), columns metric [± std over seeds]."""
+def task_table(frame: pd.DataFrame, task: str, meta: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Final-model table of one task: index (method, variant), columns row, init, seeds, metric [± std]."""
     final = frame[(frame["task"] == task) & frame["step"].isna() & frame["metric"].str.match(TABLE_METRIC)
                   & ~frame["metric"].str.startswith("eval/cfm_len")]
+    if final.empty:
+        index = pd.MultiIndex.from_tuples([], names=["method", "variant"])
+        return pd.DataFrame(columns=["row", "kind", "init", "seeds"], index=index)
     grouped = final.groupby(["method", "variant", "metric"], observed=True)["value"]
     table = grouped.mean().unstack("metric")
     seeds = final.groupby(["method", "variant"], observed=True)["seed"].nunique()
     if (seeds > 1).any():
         std = grouped.std().unstack("metric").add_suffix(" (std)")
         table = table.join(std)
+        metrics = [c for c in table.columns if not c.endswith(" (std)")]
+        table = table[[c for m in metrics for c in (m, f"{m} (std)")]]
     table.insert(0, "seeds", seeds)
-    return table.sort_index()
+    keys = [(str(m), str(v)) for m, v in table.index]
+    names = row_names(keys, task, meta)
+    table.insert(0, "init", [variant_params(meta, task, m, v).get("init", "") if m != "base" else ""
+                             for m, v in keys])
+    table.insert(0, "kind", [row_kind(m, variant_params(meta, task, m, v)) for m, v in keys])
+    table.insert(0, "row", [names[k] for k in keys])
+    order = sorted(range(len(keys)), key=lambda i: (_kind_order(*keys[i], task, meta), keys[i][1]))
+    return table.iloc[order]
 
 
-def aggregate(paths: list[Path], tables_dir: Path, figures_dir: Path) -> None:
-    """Write ``{tables_dir}/{task}.csv|.html``, ``summary.csv`` and the figures in ``figures_dir``."""
-    from ebft.report.figures import ce_figure, cfm_length_figure, curves_figure
+def ablation_table(frame: pd.DataFrame, task: str, meta: dict[str, Any] | None = None) -> pd.DataFrame:
+    """EBFT variants of one task: the swept parameters (whitening, pooling, ce_coef, diversity_coef, init)
+    next to their final validation CE, CFM and downstream metrics (mean over seeds)."""
+    table = task_table(frame, task, meta)
+    table = table.loc[[m == "ebft" for m, _ in table.index]] if len(table) else table
+    params = [variant_params(meta, task, "ebft", v) for _, v in table.index]
+    metrics = [c for c in table.columns if c not in NON_METRIC]
+    out = pd.DataFrame({p: [pr.get(p) for pr in params] for p in ABLATION_PARAMS}, index=table.index)
+    return out.join(table[["seeds", *metrics]])
+
+
+def load_paper_numbers(path: Path = PAPER_NUMBERS) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def paper_rows(task: str, numbers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The paper's known values for ``task``: row kind -> metric -> {value, confidence, source}."""
+    return (numbers.get("tasks", {}).get(task) or {}).get("rows", {})
+
+
+def _fmt(value: Any, std: Any = None) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if std is not None and not pd.isna(std):
+            text += f" ± {std:.4f}"
+        return text
+    return str(value)
+
+
+def table_html(table: pd.DataFrame, task: str, paper: dict[str, dict[str, Any]] | None = None,
+               paper_title: str = "") -> str:
+    """HTML of a task table: mean ± std cells; with ``paper``, the paper's numbers as labelled rows right
+    after our rows of the same kind."""
+    metrics = [c for c in table.columns if c not in NON_METRIC and not c.endswith(" (std)")]
+    head = ["", "method", "variant", "init", "seeds", *metrics] if "row" in table.columns else None
+    if head is None:  # ablation table
+        cols = [c for c in table.columns if not c.endswith(" (std)")]
+        head = ["variant", *cols]
+    lines = ["<table class='ebft-table'>", "<thead><tr>" + "".join(f"<th>{html_lib.escape(h)}</th>" for h in head)
+             + "</tr></thead>", "<tbody>"]
+    kinds_done: set[str] = set()
+    keys = list(table.index)
+    for i, key in enumerate(keys):
+        rec = table.loc[key]
+        if "row" in table.columns:
+            cells = [f"<th>{html_lib.escape(str(rec['row']))}</th>", key[0], key[1], rec["init"], rec["seeds"]]
+            cells += [_fmt(rec[m], rec.get(f"{m} (std)")) for m in metrics]
+        else:
+            cells = [key[1]] + [_fmt(rec[c], rec.get(f"{c} (std)")) for c in head[1:]]
+        lines.append("<tr>" + "".join(c if str(c).startswith("<th>") else f"<td>{html_lib.escape(str(c))}</td>"
+                                      for c in cells) + "</tr>")
+        if paper and "row" in table.columns:
+            kind = _row_kind_of(rec)
+            last_of_kind = i + 1 == len(keys) or _row_kind_of(table.loc[keys[i + 1]]) != kind
+            if kind in paper and last_of_kind and kind not in kinds_done:
+                kinds_done.add(kind)
+                lines.append(_paper_row(kind, paper[kind], metrics))
+    if paper and "row" in table.columns:
+        for kind, values in paper.items():
+            if kind not in kinds_done:
+                lines.append(_paper_row(kind, values, metrics))
+    lines.append("</tbody></table>")
+    if paper:
+        sources = sorted({f"{v['source']} [{v['confidence']}]" for vals in paper.values() for v in vals.values()})
+        lines.append("<p class='paper-note'>Rows marked <b>paper</b> are the values reported by "
+                     f"{html_lib.escape(paper_title)}"
+                     " (sources: " + "; ".join(html_lib.escape(s) for s in sources) + "; [V] two independent "
+                     "secondary sources, [S] one). Empty cells: not known.</p>")
+    return "\n".join(lines)
+
+
+def _row_kind_of(rec: pd.Series) -> str:
+    return str(rec["kind"])
+
+
+def _paper_row(kind: str, values: dict[str, Any], metrics: list[str]) -> str:
+    name = f"{ROW_KINDS.get(kind, kind)} (paper)"
+    cells = [f"<th>{html_lib.escape(name)}</th>", "<td>paper</td>", "<td></td>", "<td></td>", "<td></td>"]
+    for m in metrics:
+        v = values.get(m)
+        cells.append(f"<td title='{html_lib.escape(v['source'])}'>{v['value']:.3f} [{v['confidence']}]</td>"
+                     if v else "<td></td>")
+    missing = [m for m in values if m not in metrics]
+    row = "<tr class='paper-row'>" + "".join(cells) + "</tr>"
+    if missing:  # a metric we did not compute: name it rather than drop it
+        row += ("<tr class='paper-row'><td colspan='5'></td><td colspan='99'>paper also reports: "
+                + ", ".join(f"{m} = {values[m]['value']:.3f}" for m in missing) + "</td></tr>")
+    return row
+
+
+def paper_csv(task: str, numbers: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"row": f"{ROW_KINDS.get(kind, kind)} (paper)", "metric": metric, **spec,
+             "paper": numbers.get("paper", "")} for kind, vals in paper_rows(task, numbers).items()
+            for metric, spec in vals.items()]
+    return pd.DataFrame(rows, columns=["row", "metric", "value", "confidence", "source", "paper"])
+
+
+# --------------------------------------------------------------------------------------- aggregate
+def aggregate(paths: list[Path], tables_dir: Path, figures_dir: Path, meta: dict[str, Any] | None = None) -> None:
+    """Write ``{tables_dir}/{task}.csv|.html``, ``{task}_ablation.csv|.html``, ``summary.csv``, the combined
+    figures in ``figures_dir`` and the per-task figures in ``figures_dir/{task}/``."""
+    from ebft.report import figures as F
 
     frame = load_results(paths)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
     frame.drop(columns="source").to_csv(tables_dir / "summary.csv", index=False)
-    for task in sorted(frame["task"].unique()):
-        table = task_table(frame, task)
+    tasks = sorted(set(frame["task"].unique()) | set((meta or {}).get("tasks", {})))
+    name = (meta or {}).get("name", "")
+    numbers = load_paper_numbers() if name == "paper" else {}
+    for task in tasks:
+        table = task_table(frame, task, meta)
         table.to_csv(tables_dir / f"{task}.csv", float_format="%.6g")
-        html = table.to_html(float_format=lambda v: f"{v:.4f}", border=0, classes="ebft-table")
-        (tables_dir / f"{task}.html").write_text(_page(f"Final models: {task}", html))
-    ce_figure(frame, figures_dir / "validation_ce.svg")
-    cfm_length_figure(frame, figures_dir / "cfm_by_length.svg")
-    curves_figure(frame, figures_dir / "training_curves.svg")
+        paper = paper_rows(task, numbers)
+        if paper:
+            paper_csv(task, numbers).to_csv(tables_dir / f"{task}_paper.csv", index=False)
+        body = table_html(table, task, paper, numbers.get("paper", ""))
+        (tables_dir / f"{task}.html").write_text(_page(f"Final models: {task}", body, _seeds_note(table)))
+        abl = ablation_table(frame, task, meta)
+        abl.to_csv(tables_dir / f"{task}_ablation.csv", float_format="%.6g")
+        (tables_dir / f"{task}_ablation.html").write_text(
+            _page(f"EBFT ablation: {task}", table_html(abl, task) if len(abl) else "<p>No EBFT runs.</p>",
+                  "One row per EBFT variant: its swept parameters and final metrics (mean over seeds)."))
+    F.ce_figure(frame, figures_dir / "validation_ce.svg")
+    F.cfm_length_figure(frame, figures_dir / "cfm_by_length.svg")
+    F.curves_figure(frame, figures_dir / "training_curves.svg")
+    accuracy = F.accuracy_metric(frame, name)
+    F.accuracy_ce_figure(frame, figures_dir / "accuracy_vs_ce.svg", accuracy, numbers if name == "paper" else None,
+                         meta=meta)
+    F.ablation_figure(frame, figures_dir / "ablation.svg", meta, accuracy)
+    for task in tasks:
+        sub = frame[frame["task"] == task]
+        tdir = figures_dir / task
+        F.accuracy_ce_figure(sub, tdir / "accuracy_vs_ce.svg", accuracy,
+                             numbers if name == "paper" else None, task=task, meta=meta)
+        F.cfm_length_figure(sub, tdir / "cfm_by_length.svg", task=task)
+        F.curves_figure(sub, tdir / "training_curves.svg", task=task)
+        F.ablation_figure(sub, tdir / "ablation.svg", meta, accuracy, task=task)
+        for (method, variant, seed), _ in sub[sub["method"] != "base"].groupby(
+                ["method", "variant", "seed"], observed=True):
+            F.run_figure(sub, tdir / "runs" / f"{method}_{variant}_seed{seed}.svg", method, variant, int(seed))
     log.info("aggregated %d results into %s and %s", len(paths), tables_dir, figures_dir)
 
 
-def _page(title: str, body: str) -> str:
+def _seeds_note(table: pd.DataFrame) -> str:
+    multi = (table["seeds"] > 1).any() if len(table) else False
+    return ("Mean ± standard deviation over seeds." if multi else "One seed per row (no standard deviation).") + \
+        " Rows: base model, SFT, RLVR, EBFT from the base model, EBFT from the SFT warm start (SFT→EBFT)."
+
+
+def _page(title: str, body: str, note: str = "") -> str:
     style = ("body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} "
-             "th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}")
+             "th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right} tbody th{text-align:left} "
+             "tr.paper-row td,tr.paper-row th{background:#fff6e0;font-style:italic} .note{color:#555}")
+    title = html_lib.escape(title)
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>" \
-           f"</head><body><h2>{title}</h2>{body}</body></html>\n"
+           f"</head><body><h2>{title}</h2>{body}<p class='note'>{html_lib.escape(note)}</p></body></html>\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ebft.report``: the aggregate rule's entry point (``--meta`` is :func:`report_meta` JSON)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m ebft.report", description=aggregate.__doc__)
+    p.add_argument("--results", nargs="+", required=True)
+    p.add_argument("--tables", required=True)
+    p.add_argument("--figures", required=True)
+    p.add_argument("--meta", default=None, help="JSON (or @file) from report_meta(config)")
+    args = p.parse_args(argv)
+    meta = None
+    if args.meta:
+        meta = json.loads(Path(args.meta[1:]).read_text() if args.meta.startswith("@") else args.meta)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    aggregate([Path(p) for p in args.results], Path(args.tables), Path(args.figures), meta)
+    return 0

@@ -98,11 +98,22 @@ def init_model(method):
 
 
 def launcher(wildcards, resources):
-    """`ebft` in one process, or `accelerate launch` over the GPUs the job was given (profile resources)."""
+    """`ebft` in one process, or `accelerate launch` over the GPUs the job was given (profile resources).
+
+    GPU jobs run offline (HF_HUB_OFFLINE=1: the download rules ran before) and export the GPU count the
+    training entry point checks (ebft.slurm.check_visible_gpus). A multi-node job (resources nodes > 1,
+    gpus_per_node, mpi="srun") starts one `python -m ebft.slurm launch` per node with `srun`: accelerate
+    with Slurm's node list as rendezvous (docs/slurm.md)."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
+    nodes = int(getattr(resources, "nodes", 1) or 1)
+    per_node = int(getattr(resources, "gpus_per_node", 0) or 0) or gpus
+    env = f"EBFT_EXPECTED_GPUS={per_node} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 " if per_node else ""
+    if nodes > 1:
+        return (f"{env}srun --nodes {nodes} --ntasks-per-node 1 python -m ebft.slurm launch "
+                f"--gpus-per-node {per_node} --")
     if gpus > 1:
-        return f"accelerate launch --num_processes {gpus} --num_machines 1 -m ebft.cli"
-    return "ebft"
+        return f"{env}accelerate launch --num_processes {gpus} --num_machines 1 -m ebft.cli"
+    return f"{env}ebft"
 
 
 def eval_model(wildcards):
@@ -128,8 +139,14 @@ def eval_meta(wildcards):
 
 
 def all_targets():
+    """Every artefact of the report (rule aggregate): tables and ablation tables per task, per-task and
+    overview figures, and one figure per run."""
     return (
-        expand("results/tables/{task}.html", task=TASKS)
+        expand("results/tables/{task}{suffix}.{ext}", task=TASKS, suffix=["", "_ablation"], ext=["html", "csv"])
         + ["results/tables/summary.csv"]
-        + [f"results/figures/{name}.svg" for name in ("validation_ce", "cfm_by_length", "training_curves")]
+        + [f"results/figures/{name}.svg"
+           for name in ("validation_ce", "cfm_by_length", "training_curves", "accuracy_vs_ce", "ablation")]
+        + expand("results/figures/{task}/{name}.svg", task=TASKS,
+                 name=["accuracy_vs_ce", "cfm_by_length", "training_curves", "ablation"])
+        + [f"results/figures/{r.task}/runs/{r.method}_{r.variant}_seed{r.seed}.svg" for r in RUNS]
     )

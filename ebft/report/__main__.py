@@ -1,0 +1,7 @@
+"""``python -m ebft.report --results ... --tables DIR --figures DIR --meta JSON`` (the aggregate rule)."""
+
+import sys
+
+from ebft.report.tables import main
+
+sys.exit(main())
