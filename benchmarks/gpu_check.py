@@ -4,7 +4,8 @@
 
 Writes a JSON report: invariant checks (max deviations, token equality), bf16 step losses and times for SFT
 and EBFT on a random mid-size Qwen2 at the paper's code geometry, and sampler timings (KV-cached vs the
-reference recompute scheme) with their ratio.
+reference recompute scheme) with their ratio, and one strided attention call at Qwen2.5-1.5B shapes: SDPA with
+the additive mask vs flex_attention with a block mask (issue 7, benchmark 5).
 """
 
 from __future__ import annotations
@@ -170,11 +171,83 @@ def sampler_timing() -> dict:
     return out
 
 
+def strided_attention_timing(L: int = 1024, C: int = 8, s: int = 8, G: int = 8, n: int = 4, reps: int = 10,
+                             compile_flex: bool = True) -> dict:
+    """Issue 7, benchmark 5: one strided attention call at Qwen2.5-1.5B shapes (12 query heads, 2 KV heads,
+    head_dim 128), bf16, random inputs: SDPA with the additive ``[1, 1, S, S]`` mask vs ``flex_attention``
+    with a block mask built from the same rule (spec 2.2), forward and forward+backward, and the largest
+    output difference between the two."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from ebft.strided import StridedLayout, build_strided_allowed, build_strided_mask_and_positions
+
+    layout = StridedLayout(L, C, s, G)
+    S, K = layout.total_len, layout.num_blocks
+    heads, kv_heads, dim = 12, 2, 128
+    gen = torch.Generator(DEV).manual_seed(0)
+    q = torch.randn(n, heads, S, dim, device=DEV, dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(n, kv_heads, S, dim, device=DEV, dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(n, kv_heads, S, dim, device=DEV, dtype=torch.bfloat16, generator=gen)
+    mask, _ = build_strided_mask_and_positions(layout, G, dtype=torch.bfloat16, device=DEV)
+    allowed, _ = build_strided_allowed(layout, G, device=DEV)
+
+    def mask_mod(b, h, q_idx, kv_idx):  # the strided rule of spec 2.2, elementwise
+        q_gen, k_gen = q_idx >= L, kv_idx >= L
+        q_block = (q_idx - L) % K
+        prefix = torch.where(q_gen, C + q_block * s, q_idx + 1)
+        chunk_ok = (~k_gen) & (kv_idx < prefix)
+        same_ok = q_gen & k_gen & ((kv_idx - L) % K == q_block) & (kv_idx <= q_idx)
+        return chunk_ok | same_ok
+
+    block_mask = create_block_mask(mask_mod, None, None, S, S, device=DEV)
+    flex = torch.compile(flex_attention) if compile_flex else flex_attention
+
+    def sdpa_fn(qq, kk, vv):
+        return torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, enable_gqa=True)
+
+    def flex_fn(qq, kk, vv):
+        return flex(qq, kk, vv, block_mask=block_mask, enable_gqa=True)
+
+    out = {"shape": {"n": n, "heads": heads, "kv_heads": kv_heads, "head_dim": dim, "S": S, "K": K},
+           "allowed_fraction": float(allowed.float().mean())}
+    out["max_abs_diff"] = float((flex_fn(q, k, v).float() - sdpa_fn(q, k, v).float()).abs().max())
+
+    def sync() -> None:
+        if DEV.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn, backward: bool, reps: int = 10) -> float:
+        qq, kk, vv = (x.detach().requires_grad_(backward) for x in (q, k, v))
+        for _ in range(3):
+            y = fn(qq, kk, vv)
+            if backward:
+                y.float().sum().backward()
+        sync()
+        t0 = time.time()
+        for _ in range(reps):
+            y = fn(qq, kk, vv)
+            if backward:
+                y.float().sum().backward()
+        sync()
+        return (time.time() - t0) / reps
+
+    for name, fn in [("sdpa_additive_mask", sdpa_fn), ("flex_block_mask", flex_fn)]:
+        out[f"{name}_fwd_ms"] = 1000 * timed(fn, False, reps)
+    out["flex_speedup_fwd"] = out["sdpa_additive_mask_fwd_ms"] / out["flex_block_mask_fwd_ms"]
+    try:  # flex_attention has no CPU backward
+        for name, fn in [("sdpa_additive_mask", sdpa_fn), ("flex_block_mask", flex_fn)]:
+            out[f"{name}_fwd_bwd_ms"] = 1000 * timed(fn, True, reps)
+        out["flex_speedup_fwd_bwd"] = out["sdpa_additive_mask_fwd_bwd_ms"] / out["flex_block_mask_fwd_bwd_ms"]
+    except NotImplementedError as err:
+        out["fwd_bwd_error"] = str(err)
+    return out
+
+
 def main(path: str) -> None:
     report = {"device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch": torch.__version__}
     for name, fn in [("invariants", invariants), ("sft_bf16", lambda: train_steps("sft")),
                      ("ebft_bf16", lambda: train_steps("ebft")), ("rlvr_bf16", rlvr_steps),
-                     ("sampler", sampler_timing)]:
+                     ("sampler", sampler_timing), ("strided_attention", strided_attention_timing)]:
         t0 = time.time()
         try:
             report[name] = fn()

@@ -80,8 +80,9 @@ Deliberate deviations:
 * normalisation and pooling run in float32 (the reference normalises in the model dtype, bf16, and casts
   the result to float32), so bf16 models give slightly more accurate features;
 * ``share_chunk=True`` (opt-in) computes the chunk once per chunk instead of once per replica: a causal
-  prefill of ``x`` (KV cache, replicated over the ``n`` samples) followed by one forward of the ``G*K``
-  generated tokens with the generated rows of the strided mask. Same features up to float round-off
+  prefill of ``x`` (KV cache, replicated over the ``n`` samples) followed by the ``G*K`` generated tokens
+  with the generated rows of the strided mask, fed in :data:`FEATURE_BLOCK_GROUPS` groups of consecutive
+  blocks that each attend only the chunk positions their longest prefix can see. Same features up to float round-off
   (tested), ``B*L + B*n*G*K`` instead of ``B*n*(L + G*K)`` token positions.
 
 The feature network is frozen: :class:`FeatureNetwork` puts the model in eval mode, sets
@@ -103,12 +104,12 @@ from torch import Tensor, nn
 
 from ebft.strided import (
     StridedLayout,
+    _block_group_inputs,
     _cache_kwarg,
     _model_dtype,
     _new_cache,
     additive_mask,
-    block_major_to_gen_region,
-    build_strided_allowed,
+    block_groups,
     build_strided_mask_and_positions,
     build_strided_sequence,
 )
@@ -153,6 +154,9 @@ HIDDEN_STATE_METHODS: tuple[str, ...] = (
     "stack_layers_<a>_<b>_...",
 )
 """Layer-selection methods of spec 3.3 (``<i>`` are indices into ``hidden_states``, 0 … N)."""
+
+FEATURE_BLOCK_GROUPS: int = 4
+"""``share_chunk`` feeds the generated tokens in this many groups of consecutive blocks (less masked attention)."""
 
 NORM_EPS: float = 1e-12
 """Norm floor of the per-token / per-block L2 normalisation (``F.normalize``); a zero vector stays zero."""
@@ -533,15 +537,14 @@ def _shared_chunk_pass(
     backbone: nn.Module,
     chunks: Tensor,
     generated: Tensor,
-    gen_mask_2d: Tensor,
-    gen_positions: Tensor,
     windows: tuple[Tensor, Tensor],
     window_mask: tuple[Tensor | None, Tensor | None],
     layout: StridedLayout,
     settings: _Settings,
 ) -> tuple[Tensor, Tensor]:
     """Chunk computed once: causal prefill of ``chunks [b, L]`` (ground truth + KV cache), cache replicated
-    over the ``n`` samples, then one forward of the ``G*K`` generated tokens of ``generated [b, n, K, G]``."""
+    over the ``n`` samples, then the ``G*K`` generated tokens of ``generated [b, n, K, G]`` in groups of
+    consecutive blocks (:data:`FEATURE_BLOCK_GROUPS` forwards)."""
     b, n, K, G = generated.shape
     cache = _new_cache(backbone)
     cache_kw = _cache_kwarg(backbone)
@@ -550,19 +553,33 @@ def _shared_chunk_pass(
     gt_mask, gen_mask = window_mask
     gt = _pooled(hidden, None, gt_cols, gt_mask, layout, settings)
     del hidden
-    if n > 1:
-        cache.batch_repeat_interleave(n)  # type: ignore[attr-defined]
-    tokens = block_major_to_gen_region(generated.reshape(b * n, K, G), dim=1)  # [b*n, G*K] step-major
-    hidden = _hidden_states(
-        backbone,
-        settings.selection.layers,
-        input_ids=tokens.to(chunks.dtype),
-        attention_mask=gen_mask_2d,
-        position_ids=gen_positions.expand(b * n, -1),
-        use_cache=True,
-        **{cache_kw: cache},
-    )
-    samples = _pooled(hidden, None, gen_cols - layout.seq_len, gen_mask, layout, settings)
+    # generated tokens in groups of consecutive blocks, each against only the chunk keys its longest prefix
+    # can see (see ebft.strided._block_group_inputs); the outputs are put back in step-major order t*K + k
+    prefix_layers = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[attr-defined]
+    del cache
+    layers = sorted(set(settings.selection.layers))
+    parts: dict[int, list[Tensor]] = {i: [] for i in layers}
+    dtype = _model_dtype(backbone)
+    for k0, k1 in block_groups(K, FEATURE_BLOCK_GROUPS):
+        Kg = k1 - k0
+        group_cache, allowed, positions = _block_group_inputs(backbone, prefix_layers, layout, k0, k1, G, n)
+        tokens = generated[:, :, k0:k1].reshape(b * n, Kg, G).transpose(1, 2).reshape(b * n, G * Kg)
+        hidden = _hidden_states(
+            backbone,
+            layers,
+            input_ids=tokens.to(chunks.dtype),
+            attention_mask=additive_mask(allowed, dtype)[None, None],
+            position_ids=positions[None].expand(b * n, -1),
+            use_cache=True,
+            **{cache_kw: group_cache},
+        )
+        for i in layers:
+            parts[i].append(hidden[i].unflatten(1, (G, Kg)))  # [b*n, G, Kg, H]
+        del hidden, group_cache
+    full: list[Tensor | None] = [None] * (max(layers) + 1)
+    for i in layers:
+        full[i] = torch.cat(parts[i], dim=2).flatten(1, 2)  # [b*n, G*K, H], index t*K + k
+    samples = _pooled(full, None, gen_cols - layout.seq_len, gen_mask, layout, settings)
     return gt, samples
 
 
@@ -646,7 +663,7 @@ def compute_features(
     model = feature_model.model if isinstance(feature_model, FeatureNetwork) else feature_model
     layout = _resolve_layout(input_ids, generated, layout, context_len, stride)
     B, n, K, G = generated.shape
-    L, S = layout.seq_len, layout.total_len
+    L = layout.seq_len
     if answer_mask is not None and tuple(answer_mask.shape) != (B, L):
         raise ValueError(f"answer_mask must be [B, L] = {(B, L)}, got {tuple(answer_mask.shape)}")
     selection = resolve_hidden_state_method(hidden_state_method, num_hidden_layers(model))
@@ -671,9 +688,6 @@ def compute_features(
             dtype = _model_dtype(model)
             if share_chunk:
                 chunks_per_pass = B if micro_batch_size is None else max(1, micro_batch_size // n)
-                rows = torch.arange(L, S, device=device)
-                allowed, positions = build_strided_allowed(layout, G, query_rows=rows, device=device)
-                mask = additive_mask(allowed, dtype)[None, None]
                 for b0 in range(0, B, chunks_per_pass):
                     b1 = min(B, b0 + chunks_per_pass)
                     wm = None if win_mask is None else win_mask[b0:b1]
@@ -682,8 +696,6 @@ def compute_features(
                         backbone,
                         input_ids[b0:b1],
                         generated[b0:b1],
-                        mask,
-                        positions[None],
                         windows,
                         (wm, wm_rows),
                         layout,

@@ -72,7 +72,9 @@ class EBFTObjective:
        (optionally whitened per chunk and block over the ``n`` samples);
     3. rewards ``r = α·a − β·d`` with ``a = 2 cos(phi_i, psi)``, ``d = 2 mean_{j≠i} <phi_i, phi_j>``, RLOO
        advantages ``A`` [b, n, K] (sum to zero over samples for n ≥ 3), broadcast to the G tokens of a block;
-    4. one policy forward on ``[x | ŷ]`` (no [S, vocab] logits, :func:`ebft.strided.strided_logprobs`):
+    4. one policy forward on ``[x | ŷ]`` (no [S, vocab] logits, :func:`ebft.strided.strided_logprobs`; with
+       ``share_chunk`` (default) the chunk is computed once per chunk and its KV cache reused by the ``n``
+       samples, in the feature network and in the policy forward/backward):
        ``rl = mean over sequences and generated tokens of −A·log π_T(ŷ)``,
        ``ce = mean over real chunk targets of −log π_1(x_{j+1} | x_{≤j})``,
        ``loss = rl_coef·rl + ce_coef·ce + kl_coef·k2`` with ``k2 = ½ (log π_T − log π_ref,T)²`` on
@@ -113,6 +115,9 @@ class EBFTObjective:
         self.beta = float(params.get("diversity_coef", 1.0))
         self.whitening = bool(params.get("whitening", True))
         self.seed = seed
+        # the chunk part of the n sequences of a chunk is identical: compute it once in the feature network
+        # and in the policy forward/backward (same values and gradients up to round-off, tests/test_sharing.py)
+        self.share_chunk = bool(params.get("share_chunk", True))
         micro_rows = params.get("micro_rollout_batch_size")
         self.features = FeatureNetwork(
             feature_model,
@@ -120,6 +125,7 @@ class EBFTObjective:
             embed_method=params.get("embed_method", embed_method),
             whiten=self.whitening,
             micro_batch_size=None if micro_rows is None else int(micro_rows) * self.n,
+            share_chunk=self.share_chunk,
         )
         if self.kl_coef > 0 and reference_model is None:
             raise ValueError("ebft: kl_coef > 0 needs a reference model")
@@ -151,7 +157,8 @@ class EBFTObjective:
         adv = rloo_advantages(a, d, self.alpha, self.beta)  # [b, K, n]
         token_adv = block_to_token_advantages(adv.transpose(1, 2), self.G)  # [b, n, K, G]
 
-        gen_lp, chunk_lp = strided_logprobs(model, ids, tokens, temperature=self.temperature, **geometry)
+        gen_lp, chunk_lp = strided_logprobs(model, ids, tokens, temperature=self.temperature,
+                                            share_chunk=self.share_chunk, **geometry)
         rl_loss = -(token_adv.detach().to(gen_lp.dtype) * gen_lp).mean()
         real = (batch["doc_ids"][:, 1:] >= 0).to(chunk_lp.dtype) if "doc_ids" in batch else torch.ones_like(chunk_lp)
         ce = -(chunk_lp * real).sum() / real.sum().clamp_min(1.0)
@@ -159,7 +166,8 @@ class EBFTObjective:
         kl = torch.zeros((), device=ids.device)
         if self.reference is not None:
             with torch.no_grad():
-                ref_lp, _ = strided_logprobs(self.reference, ids, tokens, temperature=self.temperature, **geometry)
+                ref_lp, _ = strided_logprobs(self.reference, ids, tokens, temperature=self.temperature,
+                                             share_chunk=self.share_chunk, **geometry)
             kl = 0.5 * (gen_lp - ref_lp).pow(2).mean()
             loss = loss + self.kl_coef * kl
         raw_phi, raw_psi = feats.reward_inputs(whitened=False)
@@ -169,7 +177,7 @@ class EBFTObjective:
             "train/loss": float(loss.detach()),
             "train/rl_loss": float(rl_loss.detach()),
             "train/ce": float(ce.detach()),
-            "train/kl": float(kl),
+            "train/kl": float(kl.detach()),
             "train/reward": float(reward),
             "ebft/alignment": float(a.mean()),
             "ebft/diversity": float(d.mean()),

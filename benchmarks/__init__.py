@@ -1,0 +1,1 @@
+"""Benchmarks of the EBFT pipeline (see docs/performance.md): ``python -m benchmarks.run [--quick]``."""
