@@ -13,7 +13,7 @@ fi
 nvidia-smi -L
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 export PYTHONUNBUFFERED=1
-timeout 300 python3 benchmarks/gpu_check.py "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log" | cut -c1-600
+timeout 360 python3 benchmarks/gpu_check.py "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log" | cut -c1-600
 EBFT_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider --maxfail=25 \
   tests/test_strided.py tests/test_features.py tests/test_whitening.py tests/test_rewards.py \
-  tests/test_ebft_objective.py -k "not two_processes" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -40
+  tests/test_ebft_objective.py tests/test_sharing.py -k "not two_processes" 2>&1 | tee "$OUT/pytest_cuda.log" | tail -40
