@@ -254,7 +254,7 @@ def _eval_code(args: argparse.Namespace, problems: dict[str, dict[str, Any]], pr
     greedy = generate_batched(model, tok, prompts, num_samples=1, temperature=0.0, **common)
     greedy_res = score_samples([{"task_id": t, "completion": c[0]} for t, c in zip(ids, greedy, strict=True)],
                                problems, ks=[1], **score)
-    n = spec.get("num_samples", 4)
+    n = spec.get("num_samples", 16)
     sampled = generate_batched(model, tok, prompts, num_samples=n, temperature=spec.get("temperature", 0.6),
                                top_p=spec.get("top_p", 0.95), **common)
     samples = [{"task_id": t, "completion": c} for t, cs in zip(ids, sampled, strict=True) for c in cs]
