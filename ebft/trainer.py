@@ -4,6 +4,8 @@ An optimizer step consumes ``batch_size`` sequences: ``accum = batch_size / (mic
 micro-batches per process, each passed to ``objective.compute_loss`` (which may generate rollouts inside),
 gradients accumulated (no DDP all-reduce until the last micro-batch), clipped to ``max_grad_norm``, then
 AdamW and the LR schedule step once. Weights stay fp32 (``mixed_precision`` only autocasts the forward).
+An objective with ``updates_per_batch = E > 1`` (PPO-style RLVR) gets the same micro-batches for ``E``
+consecutive optimizer steps: the data advances once per ``E`` steps and ``max_steps`` counts optimizer steps.
 
 Files of one run (``out_dir`` is ``results/runs/{task}/{method}/{variant}/seed{seed}``)::
 
@@ -13,14 +15,16 @@ Files of one run (``out_dir`` is ``results/runs/{task}/{method}/{variant}/seed{s
     out_dir/resume/                NOT a declared output, so Snakemake leaves it alone on a rerun:
         latest.json                step, epoch, data position and config fingerprint of the newest state
         state-step{N}/             accelerate state (model, optimizer, scheduler, RNG) + objective state
+                                   (``objective_state_rank{r}.pt``, one per process)
         checkpoints/step{N}/       checkpoints staged here until training finishes
         train_log.jsonl            the live log, truncated to the resumed step on restart
 
 Resume: a restarted run loads ``resume/state`` (when its config fingerprint matches) and continues at
 the saved step with the same data order (the sampler is a pure function of seed and epoch; the batches
 already consumed in the current epoch are skipped) and the same RNG streams, so an interrupted run ends
-with the same parameters as an uninterrupted one. On success the staged checkpoints and log are moved to
-their declared places and ``resume/`` is removed.
+with the same parameters as an uninterrupted one. A state written in the middle of an ``E``-step group
+records the data position where the group's batches start; the resumed run draws them again. On success
+the staged checkpoints and log are moved to their declared places and ``resume/`` is removed.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ class Objective(Protocol):
     the number of processes, and again after a resume. Objectives whose loss does not go through the
     model's ``forward`` (EBFT scores from hidden states to avoid [S, vocab] logits) set ``wrap_ddp = False``:
     the trainer then leaves the model unwrapped and all-reduces gradients itself.
+
+    Optional: ``updates_per_batch`` (default 1): feed every micro-batch to ``compute_loss`` at that many
+    consecutive optimizer steps (steps ``g*E .. g*E+E-1`` of group ``g`` see the same batches). State that an
+    objective carries across steps goes in ``state_dict``; it is saved per process.
     """
 
     name: str
@@ -129,13 +137,14 @@ class Trainer:
         self.show_progress = show_progress
 
     # ------------------------------------------------------------------------------------------ helpers
-    def total_steps(self, num_examples: int) -> int:
+    def total_steps(self, num_examples: int, updates_per_batch: int = 1) -> int:
+        """Optimizer steps: ``max_steps``, else ``epochs`` passes over the data (``E`` steps per batch)."""
         if self.cfg.max_steps is not None:
             return self.cfg.max_steps
         per_epoch = num_examples // self.cfg.batch_size
         if per_epoch == 0:
             raise ValueError(f"{num_examples} training examples are fewer than one batch of {self.cfg.batch_size}")
-        return max(1, int(math.floor(per_epoch * self.cfg.epochs)))
+        return max(1, int(math.floor(per_epoch * self.cfg.epochs)) * updates_per_batch)
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
         cfg = self.cfg
@@ -177,8 +186,9 @@ class Trainer:
             shutil.rmtree(target)
         acc.wait_for_everyone()
         acc.save_state(str(target))
+        torch.save(objective.state_dict(), target / f"objective_state_rank{acc.process_index}.pt")
+        acc.wait_for_everyone()
         if acc.is_main_process:
-            torch.save(objective.state_dict(), target / "objective_state.pt")
             meta = {
                 "step": step,
                 "epoch": epoch,
@@ -229,7 +239,12 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         set_seed(cfg.seed)
         self.resume_dir.mkdir(parents=True, exist_ok=True)
-        total = self.total_steps(len(dataset))
+        reuse = int(getattr(objective, "updates_per_batch", 1))
+        if reuse < 1:
+            raise ValueError(f"{objective.name}: updates_per_batch must be >= 1, got {reuse}")
+        if len(dataset) < cfg.batch_size:
+            raise ValueError(f"{len(dataset)} training examples are fewer than one batch of {cfg.batch_size}")
+        total = self.total_steps(len(dataset), reuse)
         if any(s > total for s in cfg.checkpoint_steps):
             raise ValueError(f"checkpoint_steps {list(cfg.checkpoint_steps)} exceed the {total} training steps")
 
@@ -258,7 +273,8 @@ class Trainer:
             state_dir = self.resume_dir / meta["state"]
             acc.load_state(str(state_dir))
             step, epoch, consumed = meta["step"], meta["epoch"], meta["consumed_in_epoch"]
-            objective.load_state_dict(torch.load(state_dir / "objective_state.pt", weights_only=False))
+            objective.load_state_dict(
+                torch.load(state_dir / f"objective_state_rank{acc.process_index}.pt", weights_only=False))
             self._truncate_log(step)
             log.warning("resumed from step %d (epoch %d, %d micro-batches into it) in %s", step, epoch, consumed,
                         self.resume_dir)
@@ -279,13 +295,18 @@ class Trainer:
                 epoch, consumed = epoch + 1, 0
 
         data = batches()
+        # the micro-batches of the current E-step group and the data position where they start
+        group_start = (epoch, consumed)
+        held = [next(data) for _ in range(self.accum)] if step % reuse else []
         start_step, t0, tokens_seen = step, time.time(), 0
         bar = tqdm(total=total, initial=step, disable=not (self.show_progress and acc.is_main_process),
                    desc=f"train {objective.name}", dynamic_ncols=True)
         while step < total:
             sums: dict[str, float] = {}
-            for micro in range(self.accum):
-                batch = next(data)
+            if step % reuse == 0:
+                group_start = (epoch, consumed)
+                held = [next(data) for _ in range(self.accum)]
+            for micro, batch in enumerate(held):
                 sync = micro == self.accum - 1
                 global_micro = micro * acc.num_processes + acc.process_index
                 with nullcontext() if (sync or not wrap) else acc.no_sync(model), acc.autocast():
@@ -316,7 +337,7 @@ class Trainer:
                 self._save_checkpoint(model, tokenizer, self.resume_dir / "checkpoints" / f"step{step}")
             due = step % cfg.resume_every == 0 or step in cfg.checkpoint_steps or step == stop_after_step
             if due and step < total:
-                self._save_state(step, epoch, consumed, objective)
+                self._save_state(step, *((epoch, consumed) if step % reuse == 0 else group_start), objective)
             if stop_after_step is not None and step >= stop_after_step and step < total:
                 bar.close()
                 return {"stopped_at": step}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from ebft.config import TrainConfig
@@ -79,3 +80,11 @@ def test_resume_state_from_another_config_is_discarded(tmp_path):
     Trainer(other, tmp_path / "run", show_progress=False).fit(model, tok, data, SFTObjective())
     rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert rows[0]["event"] == "start" and not any(r.get("event") == "resume" for r in rows)
+
+
+def test_fewer_examples_than_one_batch_is_an_error_not_a_hang(tmp_path):
+    tok = tiny_tokenizer(tmp_path)
+    data = _data(tok)
+    cfg = TrainConfig.from_dict({**CFG, "batch_size": len(data) + 2, "micro_batch_size": len(data) + 2})
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        Trainer(cfg, tmp_path / "run", show_progress=False).fit(tiny_model(tok), tok, data, SFTObjective())
