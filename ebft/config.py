@@ -149,6 +149,8 @@ def task_variants(config: dict[str, Any], method: str, task: str) -> dict[str, d
         return {}
     own = method_variants(config["methods"][method], task)
     out = {name: p for name, p in own.items() if p.get("tasks") is None or task in p["tasks"]}
+    if method == "rlvr":
+        out = _verifiable(config, task, out)
     scale = config.get("scale") or {}
     if scale.get("enabled") and task in scale.get("tasks", []):
         for variant in scale.get("methods", {}).get(method, []):
@@ -159,6 +161,29 @@ def task_variants(config: dict[str, Any], method: str, task: str) -> dict[str, d
                     raise ConfigError(f"scale.models: {model!r} is not a key of `models`")
                 out[f"{variant}.{model}"] = {**own[variant], "base_model": model}
     return out
+
+
+#: Rewards RLVR can verify per task kind (the first is the default); other kinds have no verifier.
+RLVR_REWARDS = {"code_qa": ("unit_tests", "unit_test_fraction"), "translation": ("chrf", "bleu")}
+
+
+def _verifiable(config: dict[str, Any], task: str, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """RLVR variants that can run on ``task``: none on a kind without a verifier (unless a variant names the
+    task explicitly, which is an error), and each variant's ``reward`` must fit the kind."""
+    kind = config["tasks"][task]["kind"]
+    rewards = RLVR_REWARDS.get(kind)
+    if rewards is None:
+        named = [name for name, p in variants.items() if p.get("tasks") is not None]
+        if named:
+            raise ConfigError(f"methods.rlvr variant {named[0]!r} lists task {task!r}, but its kind {kind!r} has no "
+                              f"verifiable reward (RLVR runs on kinds {sorted(RLVR_REWARDS)})")
+        return {}
+    for name, p in variants.items():
+        reward = p.get("reward", rewards[0])
+        if reward not in rewards:
+            raise ConfigError(f"methods.rlvr variant {name!r}: reward {reward!r} does not fit task {task!r} "
+                              f"(kind {kind!r} takes {' or '.join(rewards)})")
+    return variants
 
 
 def run_grid(config: dict[str, Any], methods: tuple[str, ...] = METHODS) -> list[Run]:

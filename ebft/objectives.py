@@ -6,6 +6,7 @@ Each objective implements :class:`ebft.trainer.Objective`. Metric names follow t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -203,13 +204,24 @@ class RLVRObjective:
        sentence chrF/BLEU for translation);
     3. advantages over the ``n`` samples of a prompt: RLOO ``A_i = r_i − mean_{j≠i} r_j`` (default) or
        group-normalised ``(r_i − mean r) / (std r + ε)``;
-    4. ``rl = −Σ A·log π_T(token) / #tokens`` over generated tokens up to the first EOS, one on-policy
-       update per rollout batch (so the PPO ratio is 1 and needs no clipping), plus ``kl_coef`` × k2 KL to a
-       frozen copy of the initial policy and ``ce_coef`` × the cross-entropy of the reference answers
-       (off by default): ``loss = rl_coef·rl + kl_coef·kl + ce_coef·ce``.
+    4. the clipped PPO surrogate, averaged over generated tokens up to the first EOS (``#tokens``):
+       ``rl = −Σ_t min(ρ_t A, clip(ρ_t, 1 − ε, 1 + ε) A) / #tokens`` with the per-token ratio
+       ``ρ_t = π_T(y_t | ·) / π_old(y_t | ·)`` against the policy that sampled the rollouts;
+       plus ``kl_coef`` × k2 KL ``½ (log π − log π_ref)²`` per token to a frozen copy of the initial policy
+       and ``ce_coef`` × the cross-entropy of the reference answers (off by default):
+       ``loss = rl_coef·rl + kl_coef·kl + ce_coef·ce``.
+
+    ``updates_per_batch = E`` optimizer steps use each rollout batch (the trainer feeds the same prompts
+    for ``E`` steps). The first step of a group samples and scores the rollouts and keeps them with their
+    log-probs ``log π_old`` (detached); there ``ρ = 1`` and the gradient is the plain policy gradient
+    ``−Σ A ∇log π / #tokens`` (so ``E = 1``, the default, is on-policy REINFORCE with a baseline and the
+    clip never acts). Steps 2..E reuse the kept rollouts with the updated policy, where the clip bounds
+    how far one batch can move it. Kept rollouts are part of the objective state, so a resume in the
+    middle of a group continues with the same rollouts.
 
     Metrics: ``rlvr/reward_mean``, ``rlvr/pass_rate`` (fraction of completions with reward 1),
-    ``rlvr/completion_tokens``, ``train/reward``, ``train/rl_loss``, ``train/kl``, ``train/loss``.
+    ``rlvr/completion_tokens``, ``rlvr/clip_frac`` (tokens whose clipped term is the active one),
+    ``rlvr/ratio_mean``, ``train/reward``, ``train/rl_loss``, ``train/kl``, ``train/loss``.
     """
 
     name = "rlvr"
@@ -235,6 +247,13 @@ class RLVRObjective:
         self.advantage = params.get("advantage", "rloo")
         if self.advantage not in ("rloo", "grpo"):
             raise ValueError(f"rlvr: advantage must be rloo or grpo, got {self.advantage!r}")
+        self.updates_per_batch = int(params.get("updates_per_batch", 1))
+        if self.updates_per_batch < 1:
+            raise ValueError(f"rlvr: updates_per_batch must be >= 1, got {self.updates_per_batch}")
+        self.clip_eps = float(params.get("clip_eps", 0.2))
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"rlvr: clip_eps must be in (0, 1), got {self.clip_eps}")
+        self._kept: dict[int, dict[str, Any]] = {}  # global micro index -> rollouts of the current group
         self.rl_coef = float(params.get("rl_coef", 1.0))
         self.kl_coef = float(params.get("kl_coef", 0.0))
         self.ce_coef = float(params.get("ce_coef", 0.0))
@@ -271,21 +290,53 @@ class RLVRObjective:
         mask = torch.tensor([m + [0] * (width - len(m)) for m in masks], device=device)
         return masked_token_nll(model, ids, mask)[0]
 
-    def compute_loss(
-        self, model: torch.nn.Module, batch: dict[str, Any], step: int, micro: int = 0
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        from ebft.generation import completion_logprobs, generate
+    def rollouts(self, model: torch.nn.Module, records: list[dict], step: int, micro: int) -> dict[str, Any]:
+        """Sample and score the rollouts of one micro-batch at the first step of its group.
 
-        records = batch["records"]
+        Returns ``gens`` (:class:`ebft.generation.Generations`, [b*n, ...]), ``rewards`` [b, n] and
+        ``adv`` [b*n, 1]; ``old_logp`` [b*n, M] is added by the caller.
+        """
+        from ebft.generation import generate
+
+        group_step = step - step % self.updates_per_batch
         gens = generate(model, self.tokenizer, [r["question"] for r in records], kind=self.kind,
                         num_samples=self.n, temperature=self.temperature, top_p=self.top_p,
-                        max_new_tokens=self.max_new_tokens, seed=rollout_seed(self.seed, step, micro))
+                        max_new_tokens=self.max_new_tokens, seed=rollout_seed(self.seed, group_step, micro))
         expanded = [r for r in records for _ in range(self.n)]
         rewards = self.reward_fn(expanded, gens.texts).float().view(len(records), self.n)
         adv = self.advantages(rewards).reshape(-1, 1).to(gens.completion_ids.device)  # [b*n, 1]
-        logp = completion_logprobs(model, gens, self.temperature)  # [b*n, M]
+        return {"gens": gens, "rewards": rewards, "adv": adv}
+
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int, micro: int = 0
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        from ebft.generation import completion_logprobs
+
+        records = batch["records"]
+        position = step % self.updates_per_batch
+        if position == 0 or micro not in self._kept:
+            if position:
+                raise RuntimeError(f"rlvr: no kept rollouts for micro-batch {micro} at step {step} (step "
+                                   f"{position + 1} of {self.updates_per_batch} of its group)")
+            kept = self.rollouts(model, records, step, micro)
+            logp = completion_logprobs(model, kept["gens"], self.temperature)  # [b*n, M]
+            kept["old_logp"] = logp.detach()
+        else:
+            kept = _to_device(self._kept[micro], next(model.parameters()).device)
+            logp = completion_logprobs(model, kept["gens"], self.temperature)
+        if self.updates_per_batch > 1:
+            if position == self.updates_per_batch - 1:
+                self._kept.pop(micro, None)
+            else:
+                self._kept[micro] = _to_device(kept, torch.device("cpu"))
+        gens, rewards, adv = kept["gens"], kept["rewards"], kept["adv"]
         mask = gens.completion_mask.to(logp.dtype)
-        rl_loss = -(adv * logp * mask).sum() / mask.sum().clamp_min(1.0)
+        ratio = torch.exp(logp - kept["old_logp"])
+        clipped = ratio.clamp(1.0 - self.clip_eps, 1.0 + self.clip_eps)
+        surrogate = torch.minimum(ratio * adv, clipped * adv)
+        tokens = mask.sum().clamp_min(1.0)
+        rl_loss = -(surrogate * mask).sum() / tokens
+        clip_frac = (((ratio * adv) > (clipped * adv)).to(mask.dtype) * mask).sum() / tokens
         loss = self.rl_coef * rl_loss
         kl = torch.zeros((), device=logp.device)
         if self.reference is not None:
@@ -306,11 +357,23 @@ class RLVRObjective:
             "rlvr/reward_mean": float(rewards.mean()),
             "rlvr/pass_rate": float((rewards >= 1.0).float().mean()),
             "rlvr/completion_tokens": float(mask.sum() / mask.shape[0]),
+            "rlvr/clip_frac": float(clip_frac),
+            "rlvr/ratio_mean": float((ratio.detach() * mask).sum() / tokens),
         }
         return loss, metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """The rollouts kept for the rest of the current group (empty when ``updates_per_batch`` = 1)."""
+        return {"kept": {m: _to_device(k, torch.device("cpu")) for m, k in self._kept.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self._kept = dict(state.get("kept", {}))
+
+
+def _to_device(kept: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move the tensors of a kept-rollouts dict (and of its ``Generations``) to ``device``."""
+    gens = kept["gens"]
+    moved = dataclasses.replace(gens, **{f.name: getattr(gens, f.name).to(device)
+                                         for f in dataclasses.fields(gens)
+                                         if isinstance(getattr(gens, f.name), torch.Tensor)})
+    return {**{k: v.to(device) for k, v in kept.items() if isinstance(v, torch.Tensor)}, "gens": moved}

@@ -357,21 +357,69 @@ def cfm_loss(sample_feats: Tensor, gt_feats: Tensor) -> Tensor:
 
 
 class UnitTestReward:
-    """1 if the completion passes all of the problem's unit tests in the sandbox, else 0.
+    """Sandboxed unit tests: 1 if the completion passes all of the problem's tests, else 0; or, with
+    ``fraction=True``, the fraction of the test cases it passes.
 
     The program is ``question + completion + test + check(entry_point)`` (see :mod:`ebft.sandbox`); a
-    timeout, an error or an early exit gives 0. Programs run in parallel sandbox workers.
+    timeout, an error or an early exit gives 0. For the fraction, every top-level ``assert`` of
+    ``check`` is a test case and runs as its own program (:func:`split_test_cases`), so one failing or
+    hanging case cannot hide the others; that costs one sandbox run per case instead of one per
+    completion. Programs run in parallel sandbox workers.
     """
 
-    def __init__(self, *, timeout_s: float = 5.0, workers: int = 2) -> None:
-        self.timeout_s, self.workers = timeout_s, workers
+    def __init__(self, *, timeout_s: float = 5.0, workers: int = 2, fraction: bool = False) -> None:
+        self.timeout_s, self.workers, self.fraction = timeout_s, workers, fraction
 
     def __call__(self, records: list[dict], completions: list[str]) -> Tensor:
         from ebft.sandbox import check_many
 
-        items = [(r["question"] + c, r["test"], r["entry_point"]) for r, c in zip(records, completions, strict=True)]
+        if not self.fraction:
+            items = [(r["question"] + c, r["test"], r["entry_point"])
+                     for r, c in zip(records, completions, strict=True)]
+            results = check_many(items, workers=self.workers, timeout_s=self.timeout_s)
+            return torch.tensor([1.0 if res.passed else 0.0 for res in results])
+        items, owner = [], []
+        for i, (r, c) in enumerate(zip(records, completions, strict=True)):
+            for case in split_test_cases(r["test"]):
+                items.append((r["question"] + c, case, r["entry_point"]))
+                owner.append(i)
         results = check_many(items, workers=self.workers, timeout_s=self.timeout_s)
-        return torch.tensor([1.0 if res.passed else 0.0 for res in results])
+        passed = torch.zeros(len(records))
+        cases = torch.zeros(len(records))
+        for i, res in zip(owner, results, strict=True):
+            cases[i] += 1
+            passed[i] += float(res.passed)
+        return passed / cases.clamp_min(1.0)
+
+
+def split_test_cases(test: str) -> list[str]:
+    """Split a HumanEval-style ``def check(candidate): ...`` into one test program per top-level assert.
+
+    Case ``k`` keeps every statement of the module and every non-assert statement of ``check`` (set-up
+    such as helper variables, in order) and only the ``k``-th top-level ``assert`` of ``check``. A test
+    without a parsable ``check`` or without top-level asserts (asserts inside loops, say) is one case.
+
+    >>> split_test_cases("def check(c):\n    assert c(1) == 2\n    assert c(2) == 3\n")[1]
+    'def check(c):\n    assert c(2) == 3'
+    """
+    import ast
+
+    try:
+        module = ast.parse(test)
+    except SyntaxError:
+        return [test]
+    checks = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
+    if len(checks) != 1:
+        return [test]
+    check = checks[0]
+    asserts = [i for i, node in enumerate(check.body) if isinstance(node, ast.Assert)]
+    if len(asserts) < 2:
+        return [test]
+    body, cases = list(check.body), []
+    for keep in asserts:
+        check.body = [node for i, node in enumerate(body) if i == keep or i not in asserts]
+        cases.append(ast.unparse(module))
+    return cases
 
 
 class TranslationMetricReward:
@@ -391,9 +439,10 @@ class TranslationMetricReward:
 
 
 def make_verifiable_reward(name: str, **kwargs: float) -> UnitTestReward | TranslationMetricReward:
-    """``unit_tests`` (code), ``chrf`` or ``bleu`` (translation)."""
-    if name == "unit_tests":
-        return UnitTestReward(**kwargs)
+    """``unit_tests`` (all tests pass: 1, else 0) or ``unit_test_fraction`` (fraction of test cases passed)
+    for code, ``chrf`` or ``bleu`` (translation)."""
+    if name in ("unit_tests", "unit_test_fraction"):
+        return UnitTestReward(fraction=name == "unit_test_fraction", **kwargs)
     if name in ("chrf", "bleu"):
         return TranslationMetricReward(name)
-    raise ValueError(f"rlvr reward: unknown value {name!r} (expected unit_tests, chrf or bleu)")
+    raise ValueError(f"rlvr reward: unknown value {name!r} (expected unit_tests, unit_test_fraction, chrf or bleu)")

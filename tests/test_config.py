@@ -138,3 +138,22 @@ def test_envs_pin_what_requirements_pin():
     assert "-r ../requirements/comet.txt" in comet_pip
     comet_reqs = (ROOT / "requirements" / "comet.txt").read_text()
     assert "unbabel-comet==2.2.7" in comet_reqs and "torch==2.13.0" in comet_reqs
+
+
+def test_rlvr_runs_only_where_a_verifier_fits():
+    cfg = load("config.yaml")
+    rlvr = cfg["methods"]["rlvr"]
+    assert {r.task for r in run_grid(cfg, ("rlvr",))} == {"code_qa", "translation"}
+    rlvr["defaults"].pop("tasks")  # unrestricted: the unstructured task is skipped, not an error
+    assert {r.task for r in run_grid(cfg, ("rlvr",))} == {"code_qa", "translation"}
+    rlvr["variants"]["everywhere"] = {"tasks": ["code_unstructured"]}
+    with pytest.raises(ConfigError, match="'everywhere' lists task 'code_unstructured'.*no verifiable reward"):
+        run_grid(cfg, ("rlvr",))
+    del rlvr["variants"]["everywhere"]
+    rlvr["per_task"]["translation"]["reward"] = "unit_tests"
+    with pytest.raises(ConfigError, match="reward 'unit_tests' does not fit task 'translation'"):
+        run_grid(cfg, ("rlvr",))
+    bad = load("config.yaml")
+    bad["methods"]["rlvr"]["defaults"]["clip_eps"] = 1.5
+    with pytest.raises(WorkflowError, match="clip_eps"):
+        check(bad)
