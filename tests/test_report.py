@@ -118,6 +118,8 @@ def test_task_tables_have_named_rows_and_metrics(aggregated):
     assert float(sft["eval/ce (std)"]) > 0
     unstructured = [r["row"] for r in read_csv(aggregated / "tables" / "code_unstructured.csv")]
     assert "RLVR" not in unstructured and "EBFT (from SFT)" in unstructured
+    assert "No RLVR row" in (aggregated / "tables" / "code_unstructured.html").read_text()
+    assert "No RLVR row" not in (aggregated / "tables" / "code_qa.html").read_text()
     tr = read_csv(aggregated / "tables" / "translation.csv")[0]
     assert {"eval/bleu/en-xx", "eval/chrf/xx-en", "eval/ood/chrf"} <= set(tr)
     assert "eval/bleu/en-de" not in tr  # per-direction values stay in summary.csv

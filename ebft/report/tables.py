@@ -66,7 +66,8 @@ def report_meta(config: dict[str, Any], methods: tuple[str, ...] = ("sft", "rlvr
         for method in methods:
             variants[method] = {name: {k: v for k, v in params.items() if k in META_PARAMS}
                                 for name, params in task_variants(config, method, task).items()}
-        out["tasks"][task] = {"embed_method": spec.get("embed_method"), "base_model": spec.get("base_model"),
+        out["tasks"][task] = {"kind": spec.get("kind"), "embed_method": spec.get("embed_method"),
+                              "base_model": spec.get("base_model"),
                               "evaluations": list(spec.get("evaluations", [])), "variants": variants}
     return out
 
@@ -263,7 +264,8 @@ def aggregate(paths: list[Path], tables_dir: Path, figures_dir: Path, meta: dict
         if paper:
             paper_csv(task, numbers).to_csv(tables_dir / f"{task}_paper.csv", index=False)
         body = table_html(table, task, paper, numbers.get("paper", ""))
-        (tables_dir / f"{task}.html").write_text(_page(f"Final models: {task}", body, _seeds_note(table)))
+        note = _seeds_note(table) + _no_rlvr_note((meta or {}).get("tasks", {}).get(task, {}).get("kind"))
+        (tables_dir / f"{task}.html").write_text(_page(f"Final models: {task}", body, note))
         abl = ablation_table(frame, task, meta)
         abl.to_csv(tables_dir / f"{task}_ablation.csv", float_format="%.6g")
         (tables_dir / f"{task}_ablation.html").write_text(
@@ -294,6 +296,16 @@ def _seeds_note(table: pd.DataFrame) -> str:
     multi = (table["seeds"] > 1).any() if len(table) else False
     return ("Mean ± standard deviation over seeds." if multi else "One seed per row (no standard deviation).") + \
         " Rows: base model, SFT, RLVR, EBFT from the base model, EBFT from the SFT warm start (SFT→EBFT)."
+
+
+def _no_rlvr_note(kind: str | None) -> str:
+    """Why a task has no RLVR row: RLVR needs a verifiable reward, which only some task kinds have."""
+    from ebft.config import RLVR_REWARDS
+
+    if kind is None or kind in RLVR_REWARDS:
+        return ""
+    return (f" No RLVR row: RLVR needs a verifiable reward (unit tests for code Q&A, a translation metric for"
+            f" translation) and a task of kind {kind!r} has none, so the workflow does not train RLVR on it.")
 
 
 def _page(title: str, body: str, note: str = "") -> str:
