@@ -104,11 +104,7 @@ class EBFTObjective:
         from ebft.features import FeatureNetwork
 
         self.C, self.s, self.G = context_len, stride, gen_len
-        self.n = int(params.get("num_samples", 4))
-        self.temperature = float(params.get("temperature", 1.0))
-        if self.temperature <= 0:
-            raise ValueError("ebft: temperature must be > 0 (the policy loss uses tempered log-probs)")
-        self.top_p = float(params.get("top_p", 1.0))
+        self.n, self.temperature, self.top_p = sampling_params(params, "ebft")
         self.rl_coef = float(params.get("rl_coef", 1.0))
         self.ce_coef = float(params.get("ce_coef", 0.0))
         self.kl_coef = float(params.get("kl_coef", 0.0))
@@ -128,11 +124,7 @@ class EBFTObjective:
             micro_batch_size=None if micro_rows is None else int(micro_rows) * self.n,
             share_chunk=self.share_chunk,
         )
-        if self.kl_coef > 0 and reference_model is None:
-            raise ValueError("ebft: kl_coef > 0 needs a reference model")
-        self.reference = reference_model
-        if self.reference is not None:
-            self.reference.eval().requires_grad_(False)
+        self.reference = frozen_reference(reference_model, self.kl_coef, "ebft")
 
     def setup(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
         self.accelerator = accelerator
@@ -238,11 +230,7 @@ class RLVRObjective:
         reference_model: torch.nn.Module | None = None,
     ) -> None:
         self.tokenizer, self.kind, self.reward_fn, self.seed = tokenizer, kind, reward_fn, seed
-        self.n = int(params.get("num_samples", 4))
-        self.temperature = float(params.get("temperature", 1.0))
-        if self.temperature <= 0:
-            raise ValueError("rlvr: temperature must be > 0 (on-policy sampling)")
-        self.top_p = float(params.get("top_p", 1.0))
+        self.n, self.temperature, self.top_p = sampling_params(params, "rlvr")
         self.max_new_tokens = int(params.get("max_new_tokens", 128))
         self.advantage = params.get("advantage", "rloo")
         if self.advantage not in ("rloo", "grpo"):
@@ -257,11 +245,7 @@ class RLVRObjective:
         self.rl_coef = float(params.get("rl_coef", 1.0))
         self.kl_coef = float(params.get("kl_coef", 0.0))
         self.ce_coef = float(params.get("ce_coef", 0.0))
-        if self.kl_coef > 0 and reference_model is None:
-            raise ValueError("rlvr: kl_coef > 0 needs a reference model")
-        self.reference = reference_model
-        if self.reference is not None:
-            self.reference.eval().requires_grad_(False)
+        self.reference = frozen_reference(reference_model, self.kl_coef, "rlvr")
 
     def setup(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
         self.accelerator = accelerator
@@ -368,6 +352,24 @@ class RLVRObjective:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._kept = dict(state.get("kept", {}))
+
+
+def sampling_params(params: dict[str, Any], name: str) -> tuple[int, float, float]:
+    """``(num_samples, temperature, top_p)`` of an on-policy objective; the policy loss scores the tempered
+    distribution the samples come from, so greedy decoding (temperature 0) is an error."""
+    temperature = float(params.get("temperature", 1.0))
+    if temperature <= 0:
+        raise ValueError(f"{name}: temperature must be > 0 (the policy loss uses tempered log-probs)")
+    return int(params.get("num_samples", 4)), temperature, float(params.get("top_p", 1.0))
+
+
+def frozen_reference(model: torch.nn.Module | None, kl_coef: float, name: str) -> torch.nn.Module | None:
+    """The frozen initial policy of the k2 KL term (eval mode, no gradients); required when ``kl_coef > 0``."""
+    if kl_coef > 0 and model is None:
+        raise ValueError(f"{name}: kl_coef > 0 needs a reference model")
+    if model is not None:
+        model.eval().requires_grad_(False)
+    return model
 
 
 def _to_device(kept: dict[str, Any], device: torch.device) -> dict[str, Any]:
