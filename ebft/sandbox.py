@@ -118,6 +118,20 @@ class SandboxUnavailableError(RuntimeError):
     """No (or not the requested) isolation mode works on this machine."""
 
 
+DEFAULT_UID_BASE = 1_950_000_000
+
+
+def _env_int(name: str, default: int) -> int:
+    """An integer environment variable, or ``default`` when unset or empty."""
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     """Limits and options of one sandboxed run (all limits apply per program)."""
@@ -135,7 +149,8 @@ class SandboxConfig:
     hash_seed: int | None = 0  #: PYTHONHASHSEED; None: run with ``-I`` (isolated mode) and a random seed
     extra_env: Mapping[str, str] = field(default_factory=dict)  #: added to the minimal environment
     hide_paths: tuple[str, ...] = ()  #: extra directories replaced by an empty tmpfs (namespace modes)
-    uid_base: int = 1_950_000_000  #: first uid/gid of the pool of unprivileged ids (root only)
+    #: first uid/gid of the pool of unprivileged ids (root only); EBFT_SANDBOX_UID_BASE overrides the default
+    uid_base: int = field(default_factory=lambda: _env_int("EBFT_SANDBOX_UID_BASE", DEFAULT_UID_BASE))
     uid_count: int = 1024  #: size of that pool (one id per concurrently running program)
     cgroup: bool = True  #: also cap total memory and task count of each program with a cgroup, if writable
 

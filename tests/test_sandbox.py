@@ -25,7 +25,16 @@ from ebft.sandbox import SandboxConfig, SandboxUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINING_MODES = ("namespaces", "userns", "setuid")
-POOL = range(SandboxConfig().uid_base, SandboxConfig().uid_base + SandboxConfig().uid_count)
+# The tests' own uid pool, so that leftover checks do not count the programs of a pipeline that runs the
+# sandbox on the same machine at the same time (those use the default pool).
+TEST_UID_BASE = sandbox.DEFAULT_UID_BASE + 8 * SandboxConfig().uid_count
+POOL = range(TEST_UID_BASE, TEST_UID_BASE + SandboxConfig().uid_count)
+
+
+@pytest.fixture(autouse=True)
+def _private_uid_pool(monkeypatch):
+    monkeypatch.setenv("EBFT_SANDBOX_UID_BASE", str(TEST_UID_BASE))
+    assert SandboxConfig().uid_base == TEST_UID_BASE
 
 
 def _usable(mode: str) -> sandbox.Isolation:
@@ -658,3 +667,11 @@ def test_overhead_is_small():
     bare = (time.monotonic() - start) / n
     print(f"sandboxed 'pass': {per_run * 1000:.0f} ms, bare interpreter: {bare * 1000:.0f} ms")
     assert per_run < bare + 1.0
+
+
+def test_uid_base_from_the_environment(monkeypatch):
+    monkeypatch.setenv("EBFT_SANDBOX_UID_BASE", "2000000000")
+    assert SandboxConfig().uid_base == 2_000_000_000
+    monkeypatch.setenv("EBFT_SANDBOX_UID_BASE", "many")
+    with pytest.raises(ValueError, match="EBFT_SANDBOX_UID_BASE"):
+        SandboxConfig()
