@@ -96,22 +96,19 @@ def build_objective(args: argparse.Namespace, cfg: Any) -> Any:
                              embed_method=args.task_spec.get("embed_method", "last_token"), seed=cfg.seed,
                              **geometry)
     if args.method == "rlvr":
-        from ebft.config import RLVR_REWARDS
+        from ebft.config import ConfigError, rlvr_reward
         from ebft.modeling import load_tokenizer
         from ebft.objectives import RLVRObjective
         from ebft.rewards import make_verifiable_reward
 
         kind = args.task_spec["kind"]
-        if kind not in RLVR_REWARDS:
-            raise SystemExit(f"ebft train: RLVR needs a verifiable reward; task {args.task!r} of kind {kind!r} "
-                             "has none")
-        name = args.spec.get("reward", RLVR_REWARDS[kind][0])
-        if name not in RLVR_REWARDS[kind]:
-            raise SystemExit(f"ebft train: rlvr reward {name!r} does not fit task {args.task!r} (kind {kind!r} "
-                             f"takes {' or '.join(RLVR_REWARDS[kind])})")
+        try:
+            name = rlvr_reward(kind, args.spec.get("reward"), "ebft train --method rlvr", args.task)
+        except ConfigError as err:
+            raise SystemExit(str(err)) from None
         reward_kwargs = {"timeout_s": args.spec.get("sandbox_timeout_s", 5.0)} if kind == "code_qa" else {}
         reference = load_model(args.init) if args.spec.get("kl_coef", 0) > 0 else None
-        return RLVRObjective(args.spec, tokenizer=load_tokenizer(args.init), kind=args.task_spec["kind"],
+        return RLVRObjective(args.spec, tokenizer=load_tokenizer(args.init), kind=kind,
                              reward_fn=make_verifiable_reward(name, **reward_kwargs), seed=cfg.seed,
                              reference_model=reference)
     raise SystemExit(f"ebft train: unknown method {args.method!r}")

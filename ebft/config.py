@@ -179,11 +179,21 @@ def _verifiable(config: dict[str, Any], task: str, variants: dict[str, dict[str,
                               f"verifiable reward (RLVR runs on kinds {sorted(RLVR_REWARDS)})")
         return {}
     for name, p in variants.items():
-        reward = p.get("reward", rewards[0])
-        if reward not in rewards:
-            raise ConfigError(f"methods.rlvr variant {name!r}: reward {reward!r} does not fit task {task!r} "
-                              f"(kind {kind!r} takes {' or '.join(rewards)})")
+        rlvr_reward(kind, p.get("reward"), f"methods.rlvr variant {name!r}", task)
     return variants
+
+
+def rlvr_reward(kind: str, reward: str | None, where: str, task: str) -> str:
+    """The RLVR reward for a task of ``kind``: ``reward`` if it fits the kind, the kind's default if None."""
+    rewards = RLVR_REWARDS.get(kind)
+    if rewards is None:
+        raise ConfigError(f"{where}: task {task!r} of kind {kind!r} has no verifiable reward (RLVR runs on kinds "
+                          f"{sorted(RLVR_REWARDS)})")
+    name = reward or rewards[0]
+    if name not in rewards:
+        raise ConfigError(f"{where}: reward {name!r} does not fit task {task!r} (kind {kind!r} takes "
+                          f"{' or '.join(rewards)})")
+    return name
 
 
 def run_grid(config: dict[str, Any], methods: tuple[str, ...] = METHODS) -> list[Run]:

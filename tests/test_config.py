@@ -11,7 +11,15 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ebft.config import ConfigError, TrainConfig, expand_sweep, method_variants, run_grid, task_variants
+from ebft.config import (
+    ConfigError,
+    TrainConfig,
+    expand_sweep,
+    method_variants,
+    rlvr_reward,
+    run_grid,
+    task_variants,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
@@ -153,6 +161,10 @@ def test_rlvr_runs_only_where_a_verifier_fits():
     rlvr["per_task"]["translation"]["reward"] = "unit_tests"
     with pytest.raises(ConfigError, match="reward 'unit_tests' does not fit task 'translation'"):
         run_grid(cfg, ("rlvr",))
+    assert rlvr_reward("code_qa", None, "here", "t") == "unit_tests"
+    assert rlvr_reward("translation", "bleu", "here", "t") == "bleu"
+    with pytest.raises(ConfigError, match="here: task 't' of kind 'unstructured' has no verifiable reward"):
+        rlvr_reward("unstructured", None, "here", "t")
     bad = load("config.yaml")
     bad["methods"]["rlvr"]["defaults"]["clip_eps"] = 1.5
     with pytest.raises(WorkflowError, match="clip_eps"):
