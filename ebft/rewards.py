@@ -378,9 +378,11 @@ class UnitTestReward:
                      for r, c in zip(records, completions, strict=True)]
             results = check_many(items, workers=self.workers, timeout_s=self.timeout_s)
             return torch.tensor([1.0 if res.passed else 0.0 for res in results])
-        items, owner = [], []
+        items, owner, split = [], [], {}  # split: test -> its cases (records repeat once per sample)
         for i, (r, c) in enumerate(zip(records, completions, strict=True)):
-            for case in split_test_cases(r["test"]):
+            if r["test"] not in split:
+                split[r["test"]] = split_test_cases(r["test"])
+            for case in split[r["test"]]:
                 items.append((r["question"] + c, case, r["entry_point"]))
                 owner.append(i)
         results = check_many(items, workers=self.workers, timeout_s=self.timeout_s)
