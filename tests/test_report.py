@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from ebft.evaluation.results import make_result, write_result
-from ebft.report.figures import METHOD_COLOURS
-from ebft.report.tables import aggregate, load_results, report_meta, task_table
+from ebft.report.aggregate import aggregate
+from ebft.report.frames import METHOD_COLOURS, load_results, report_meta
+from ebft.report.tables import task_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = os.environ.get("EBFT_SYSTEM_TESTS") == "1"

@@ -2,6 +2,6 @@
 
 import sys
 
-from ebft.report.tables import main
+from ebft.report.aggregate import main
 
 sys.exit(main())

@@ -1,4 +1,5 @@
-"""Figures (matplotlib, Agg backend, SVG) with one colour per method across every figure."""
+"""Figures (matplotlib, Agg backend, SVG) of the tidy frame (:mod:`ebft.report.frames`), with one colour per
+method (:data:`ebft.report.frames.METHOD_COLOURS`) across every figure."""
 
 from __future__ import annotations
 
@@ -10,7 +11,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-METHOD_COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "rlvr": "#2ca02c", "ebft": "#d62728"}
+from ebft.report.frames import (  # noqa: E402
+    DOWNSTREAM,
+    METHOD_COLOURS,
+    accuracy_metric,
+    paper_rows,
+    variant_params,
+)
+
+
+def _save(fig, out: Path) -> None:
+    """Lay the figure out, write it to ``out`` as SVG and close it."""
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="svg")
+    plt.close(fig)
 
 
 def ce_figure(frame: pd.DataFrame, out: Path) -> None:
@@ -31,10 +46,7 @@ def ce_figure(frame: pd.DataFrame, out: Path) -> None:
         ax.set_title(task)
         ax.set_ylabel("validation CE (nats/token)")
         ax.legend(fontsize=7, title="solid: all tokens, light: answer", title_fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="svg")
-    plt.close(fig)
+    _save(fig, out)
 
 
 def _label(method: str, variant: str) -> str:
@@ -60,23 +72,22 @@ def cfm_length_figure(frame: pd.DataFrame, out: Path, task: str | None = None) -
         ax.set_xlabel("completion length G (tokens)")
         ax.set_ylabel("validation CFM")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="svg")
-    plt.close(fig)
+    _save(fig, out)
 
 
 CURVE_METRICS = ["eval/ce", "eval/cfm", "eval/unit_tests_greedy"]
-#: Downstream metrics a task may have, in order of preference for a figure's accuracy axis.
-DOWNSTREAM = ["eval/unit_tests_greedy", "eval/humaneval_greedy", "eval/comet", "eval/chrf", "eval/bleu"]
+
+
+def _curve_metrics(present: set[str]) -> list[str]:
+    """The metrics of :data:`CURVE_METRICS` and :data:`~ebft.report.frames.DOWNSTREAM` in ``present``, each once."""
+    return list(dict.fromkeys(m for m in [*CURVE_METRICS, *DOWNSTREAM] if m in present))
 
 
 def curves_figure(frame: pd.DataFrame, out: Path, task: str | None = None) -> None:
     """Metrics vs training step (paper Figures 3, 5): rows = metrics, columns = tasks; the base model is
     every run's step 0, the final model its last step."""
     tasks = sorted(frame["task"].unique())
-    metrics = [m for m in [*CURVE_METRICS, *DOWNSTREAM] if m in set(frame["metric"])]
-    metrics = list(dict.fromkeys(metrics))
+    metrics = _curve_metrics(set(frame["metric"]))
     if not tasks or not metrics:
         return placeholder(out, f"{task or 'all tasks'}: no results")
     fig, axes = plt.subplots(max(len(metrics), 1), max(len(tasks), 1), squeeze=False,
@@ -102,17 +113,7 @@ def curves_figure(frame: pd.DataFrame, out: Path, task: str | None = None) -> No
             ax.set_title(f"{task}: {metric.removeprefix('eval/')}", fontsize=9)
             ax.set_xlabel("training step (0: base model)", fontsize=8)
             ax.legend(fontsize=6)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="svg")
-    plt.close(fig)
-
-
-def _save(fig, out: Path) -> None:
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="svg")
-    plt.close(fig)
+    _save(fig, out)
 
 
 def placeholder(out: Path, text: str) -> None:
@@ -121,14 +122,6 @@ def placeholder(out: Path, text: str) -> None:
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
     _save(fig, out)
-
-
-def accuracy_metric(frame: pd.DataFrame, config_name: str = "") -> str:
-    """The accuracy axis of Figure 1: HumanEval greedy in the paper config, code_qa's unit-test greedy pass@1
-    in the tiny default (HumanEval is about 0 for a tiny model), else the first downstream metric present."""
-    present = set(frame["metric"])
-    order = ["eval/humaneval_greedy", "eval/unit_tests_greedy"] if config_name == "paper" else DOWNSTREAM
-    return next((m for m in order if m in present), "eval/unit_tests_greedy")
 
 
 def _trajectory(frame: pd.DataFrame, metric: str) -> pd.Series:
@@ -141,8 +134,6 @@ def accuracy_ce_figure(frame: pd.DataFrame, out: Path, metric: str, paper: dict 
     """Accuracy vs validation CE over training (paper Figure 1): one line per (method, variant), from its
     starting model (the base model at step 0, or the final SFT model for warm starts) through each checkpoint
     to the final model; one panel per task that has ``metric``."""
-    from ebft.report.tables import variant_params
-
     tasks = sorted(frame[frame["metric"] == metric]["task"].unique())
     if not tasks:
         return placeholder(out, f"{task or 'all tasks'}: no {metric.removeprefix('eval/')} results")
@@ -168,7 +159,7 @@ def accuracy_ce_figure(frame: pd.DataFrame, out: Path, metric: str, paper: dict 
             ax.plot(xs, ys, marker="o", color=METHOD_COLOURS.get(method, "#333333"),
                     linestyle="-" if variant == "default" else "--", label=_label(method, variant))
             ax.annotate(f"{int(steps[-1])}", (xs[-1], ys[-1]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        rows = ((paper or {}).get("tasks", {}).get(t) or {}).get("rows", {})
+        rows = paper_rows(t, paper or {})
         for kind, values in rows.items():
             if "eval/ce" in values and metric in values:
                 colour = METHOD_COLOURS.get(kind.split("_")[0], "#333333")
@@ -185,8 +176,6 @@ def ablation_figure(frame: pd.DataFrame, out: Path, meta: dict | None, accuracy:
                     task: str | None = None) -> None:
     """Bars over the EBFT variants of each task (final models, mean over seeds): validation CE, CFM and the
     accuracy metric; hatched bars start from the SFT warm start."""
-    from ebft.report.tables import variant_params
-
     final = frame[frame["step"].isna() & (frame["method"] == "ebft")]
     metrics = [m for m in ["eval/ce", "eval/cfm", accuracy] if m in set(final["metric"])]
     tasks = sorted(final["task"].unique())
@@ -215,8 +204,7 @@ def ablation_figure(frame: pd.DataFrame, out: Path, meta: dict | None, accuracy:
 def run_figure(frame: pd.DataFrame, out: Path, method: str, variant: str, seed: int) -> None:
     """One run over training: each of its metrics vs step, the base model's value as a grey reference."""
     run = frame[(frame["method"] == method) & (frame["variant"] == variant) & (frame["seed"] == seed)]
-    metrics = [m for m in [*CURVE_METRICS, *DOWNSTREAM] if m in set(run["metric"])]
-    metrics = list(dict.fromkeys(metrics))
+    metrics = _curve_metrics(set(run["metric"]))
     if not metrics:
         return placeholder(out, f"{method}/{variant}/seed{seed}: no results")
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 2.8), squeeze=False)
@@ -232,3 +220,26 @@ def run_figure(frame: pd.DataFrame, out: Path, method: str, variant: str, seed: 
         ax.set_xlabel("training step", fontsize=8)
     fig.suptitle(f"{_label(method, variant)} seed {seed}", fontsize=9)
     _save(fig, out)
+
+
+def write_figures(frame: pd.DataFrame, figures_dir: Path, tasks: list[str], meta: dict | None,
+                  numbers: dict, config_name: str = "") -> None:
+    """Write the combined figures in ``figures_dir`` and the per-task figures (with one figure per run) in
+    ``figures_dir/{task}/``; ``numbers`` (the paper's, drawn in the paper config only) may be empty."""
+    paper = numbers if config_name == "paper" else None
+    ce_figure(frame, figures_dir / "validation_ce.svg")
+    cfm_length_figure(frame, figures_dir / "cfm_by_length.svg")
+    curves_figure(frame, figures_dir / "training_curves.svg")
+    accuracy = accuracy_metric(frame, config_name)
+    accuracy_ce_figure(frame, figures_dir / "accuracy_vs_ce.svg", accuracy, paper, meta=meta)
+    ablation_figure(frame, figures_dir / "ablation.svg", meta, accuracy)
+    for task in tasks:
+        sub = frame[frame["task"] == task]
+        tdir = figures_dir / task
+        accuracy_ce_figure(sub, tdir / "accuracy_vs_ce.svg", accuracy, paper, task=task, meta=meta)
+        cfm_length_figure(sub, tdir / "cfm_by_length.svg", task=task)
+        curves_figure(sub, tdir / "training_curves.svg", task=task)
+        ablation_figure(sub, tdir / "ablation.svg", meta, accuracy, task=task)
+        for (method, variant, seed), _ in sub[sub["method"] != "base"].groupby(
+                ["method", "variant", "seed"], observed=True):
+            run_figure(sub, tdir / "runs" / f"{method}_{variant}_seed{seed}.svg", method, variant, int(seed))

@@ -1,114 +1,33 @@
-"""Evaluation results -> tidy frame -> one table per task (CSV + HTML), EBFT ablation tables, figures.
+"""Tables of final models (CSV + HTML): one per task, and one EBFT ablation table per task.
 
-The tidy frame has one row per (task, method, variant, seed, step, metric). Tables show final models
-(``step`` is null), one row per (method, variant), one column per metric, mean over seeds (with the
-standard deviation in a second column when there is more than one seed; the HTML shows ``mean ± std``).
-
-Row names come from the resolved variant parameters the workflow passes in (``meta``, see
-:func:`report_meta`): ``EBFT (from base)`` for EBFT variants with ``init: base`` and ``EBFT (from SFT)``
-(SFT→EBFT) for ``init: sft``. Without them, a variant name starting with ``sft`` marks a warm start.
+Tables show final models (``step`` is null) of the tidy frame (:mod:`ebft.report.frames`), one row per
+(method, variant), one column per metric, mean over seeds (with the standard deviation in a second column when
+there is more than one seed; the HTML shows ``mean ± std``). Row names and order come from
+:func:`ebft.report.frames.row_names` and :data:`ebft.report.frames.ROW_KINDS`.
 """
 
 from __future__ import annotations
 
 import html as html_lib
-import json
-import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from ebft.evaluation.results import read_result
+from ebft.report.frames import (
+    ROW_KINDS,
+    kind_order,
+    paper_rows,
+    row_kind,
+    row_names,
+    variant_params,
+)
+from ebft.report.frames import report_meta as report_meta  # re-export: workflow/rules/report.smk imports it here
 
-log = logging.getLogger(__name__)
-
-#: Row order of methods in every table and figure.
-METHOD_ORDER = ["base", "sft", "rlvr", "ebft"]
-KEYS = ["task", "method", "variant", "seed", "step"]
-#: Row kinds in table order, with their display names.
-ROW_KINDS = {"base": "base", "sft": "SFT", "rlvr": "RLVR", "ebft_base": "EBFT (from base)",
-             "ebft_sft": "EBFT (from SFT)", "sft_rlvr": "RLVR (from SFT)"}
 #: Variant parameters shown in the ablation tables (``pooling`` is the resolved ``embed_method``).
 ABLATION_PARAMS = ["init", "whitening", "pooling", "ce_coef", "diversity_coef"]
-#: Keys of a variant's parameters kept in the report meta (small enough for one command-line argument).
-META_PARAMS = ("init", "whitening", "embed_method", "ce_coef", "diversity_coef", "alignment_coef", "base_model",
-               "lr", "epochs", "max_steps")
 NON_METRIC = ("row", "kind", "init", "seeds")
-PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
-
-
-def load_results(paths: list[Path]) -> pd.DataFrame:
-    """Tidy frame of every metric in ``paths`` (columns: task, method, variant, seed, step, metric, value)."""
-    rows = []
-    for path in paths:
-        res = read_result(path)
-        for metric, value in res["metrics"].items():
-            rows.append({**{k: res[k] for k in KEYS}, "train_step": res.get("train_step"), "metric": metric,
-                         "value": value, "source": str(path)})
-    frame = pd.DataFrame(rows, columns=[*KEYS, "train_step", "metric", "value", "source"])
-    frame["method"] = pd.Categorical(frame["method"], categories=METHOD_ORDER, ordered=True)
-    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
-    return frame
-
-
-# ------------------------------------------------------------------------------------------- meta
-def report_meta(config: dict[str, Any], methods: tuple[str, ...] = ("sft", "rlvr", "ebft")) -> dict[str, Any]:
-    """What the report needs from a workflow config: its name and, per task, the pooling and the resolved
-    parameters of every trained (method, variant). The aggregate rule passes this as JSON."""
-    from ebft.config import task_variants
-
-    out: dict[str, Any] = {"name": config.get("name", ""), "tasks": {}}
-    for task, spec in config["tasks"].items():
-        variants = {}
-        for method in methods:
-            variants[method] = {name: {k: v for k, v in params.items() if k in META_PARAMS}
-                                for name, params in task_variants(config, method, task).items()}
-        out["tasks"][task] = {"kind": spec.get("kind"), "embed_method": spec.get("embed_method"),
-                              "base_model": spec.get("base_model"),
-                              "evaluations": list(spec.get("evaluations", [])), "variants": variants}
-    return out
-
-
-def variant_params(meta: dict[str, Any] | None, task: str, method: str, variant: str) -> dict[str, Any]:
-    """Resolved parameters of (task, method, variant), or the name convention when meta lacks them."""
-    tmeta = (meta or {}).get("tasks", {}).get(task, {})
-    params = dict(tmeta.get("variants", {}).get(method, {}).get(variant) or {})
-    if not params and method in ("rlvr", "ebft"):
-        params["init"] = "sft" if variant.startswith("sft") else "base"
-    if method == "ebft":
-        params.setdefault("init", "base")
-        params["pooling"] = params.get("embed_method") or tmeta.get("embed_method")
-    return params
-
-
-def row_kind(method: str, params: dict[str, Any]) -> str:
-    if method == "ebft":
-        return "ebft_sft" if params.get("init") == "sft" else "ebft_base"
-    if method == "rlvr" and params.get("init") == "sft":
-        return "sft_rlvr"
-    return method
-
-
-def row_names(keys: list[tuple[str, str]], task: str, meta: dict[str, Any] | None) -> dict[tuple[str, str], str]:
-    """Display name of every (method, variant) row: the kind's name, plus the variant when a kind has several."""
-    kinds = {key: row_kind(key[0], variant_params(meta, task, *key)) for key in keys}
-    counts = pd.Series(list(kinds.values())).value_counts().to_dict() if kinds else {}
-    names = {}
-    for (method, variant), kind in kinds.items():
-        name = ROW_KINDS.get(kind, method)
-        if method == "base":
-            name = f"base ({variant})" if counts[kind] > 1 else "base"
-        elif counts[kind] > 1 or (variant not in ("default", "sft") and method != "ebft"):
-            name = f"{name}: {variant}"
-        names[(method, variant)] = name
-    return names
-
-
-def _kind_order(method: str, variant: str, task: str, meta: dict[str, Any] | None) -> int:
-    return list(ROW_KINDS).index(row_kind(method, variant_params(meta, task, method, variant)))
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -139,7 +58,7 @@ def task_table(frame: pd.DataFrame, task: str, meta: dict[str, Any] | None = Non
                              for m, v in keys])
     table.insert(0, "kind", [row_kind(m, variant_params(meta, task, m, v)) for m, v in keys])
     table.insert(0, "row", [names[k] for k in keys])
-    order = sorted(range(len(keys)), key=lambda i: (_kind_order(*keys[i], task, meta), keys[i][1]))
+    order = sorted(range(len(keys)), key=lambda i: (kind_order(*keys[i], task, meta), keys[i][1]))
     return table.iloc[order]
 
 
@@ -152,15 +71,6 @@ def ablation_table(frame: pd.DataFrame, task: str, meta: dict[str, Any] | None =
     metrics = [c for c in table.columns if c not in NON_METRIC]
     out = pd.DataFrame({p: [pr.get(p) for pr in params] for p in ABLATION_PARAMS}, index=table.index)
     return out.join(table[["seeds", *metrics]])
-
-
-def load_paper_numbers(path: Path = PAPER_NUMBERS) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
-
-
-def paper_rows(task: str, numbers: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The paper's known values for ``task``: row kind -> metric -> {value, confidence, source}."""
-    return (numbers.get("tasks", {}).get(task) or {}).get("rows", {})
 
 
 def _fmt(value: Any, std: Any = None) -> str:
@@ -244,52 +154,24 @@ def paper_csv(task: str, numbers: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["row", "metric", "value", "confidence", "source", "paper"])
 
 
-# --------------------------------------------------------------------------------------- aggregate
-def aggregate(paths: list[Path], tables_dir: Path, figures_dir: Path, meta: dict[str, Any] | None = None) -> None:
-    """Write ``{tables_dir}/{task}.csv|.html``, ``{task}_ablation.csv|.html``, ``summary.csv``, the combined
-    figures in ``figures_dir`` and the per-task figures in ``figures_dir/{task}/``."""
-    from ebft.report import figures as F
-
-    frame = load_results(paths)
-    tables_dir.mkdir(parents=True, exist_ok=True)
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    frame.drop(columns="source").to_csv(tables_dir / "summary.csv", index=False)
-    tasks = sorted(set(frame["task"].unique()) | set((meta or {}).get("tasks", {})))
-    name = (meta or {}).get("name", "")
-    numbers = load_paper_numbers() if name == "paper" else {}
-    for task in tasks:
-        table = task_table(frame, task, meta)
-        table.to_csv(tables_dir / f"{task}.csv", float_format="%.6g")
-        paper = paper_rows(task, numbers)
-        if paper:
-            paper_csv(task, numbers).to_csv(tables_dir / f"{task}_paper.csv", index=False)
-        body = table_html(table, task, paper, numbers.get("paper", ""))
-        note = _seeds_note(table) + _no_rlvr_note((meta or {}).get("tasks", {}).get(task, {}).get("kind"))
-        (tables_dir / f"{task}.html").write_text(_page(f"Final models: {task}", body, note))
-        abl = ablation_table(frame, task, meta)
-        abl.to_csv(tables_dir / f"{task}_ablation.csv", float_format="%.6g")
-        (tables_dir / f"{task}_ablation.html").write_text(
-            _page(f"EBFT ablation: {task}", table_html(abl, task) if len(abl) else "<p>No EBFT runs.</p>",
-                  "One row per EBFT variant: its swept parameters and final metrics (mean over seeds)."))
-    F.ce_figure(frame, figures_dir / "validation_ce.svg")
-    F.cfm_length_figure(frame, figures_dir / "cfm_by_length.svg")
-    F.curves_figure(frame, figures_dir / "training_curves.svg")
-    accuracy = F.accuracy_metric(frame, name)
-    F.accuracy_ce_figure(frame, figures_dir / "accuracy_vs_ce.svg", accuracy, numbers if name == "paper" else None,
-                         meta=meta)
-    F.ablation_figure(frame, figures_dir / "ablation.svg", meta, accuracy)
-    for task in tasks:
-        sub = frame[frame["task"] == task]
-        tdir = figures_dir / task
-        F.accuracy_ce_figure(sub, tdir / "accuracy_vs_ce.svg", accuracy,
-                             numbers if name == "paper" else None, task=task, meta=meta)
-        F.cfm_length_figure(sub, tdir / "cfm_by_length.svg", task=task)
-        F.curves_figure(sub, tdir / "training_curves.svg", task=task)
-        F.ablation_figure(sub, tdir / "ablation.svg", meta, accuracy, task=task)
-        for (method, variant, seed), _ in sub[sub["method"] != "base"].groupby(
-                ["method", "variant", "seed"], observed=True):
-            F.run_figure(sub, tdir / "runs" / f"{method}_{variant}_seed{seed}.svg", method, variant, int(seed))
-    log.info("aggregated %d results into %s and %s", len(paths), tables_dir, figures_dir)
+# ------------------------------------------------------------------------------------------ files
+def write_task_tables(frame: pd.DataFrame, task: str, tables_dir: Path, meta: dict[str, Any] | None,
+                      numbers: dict[str, Any]) -> None:
+    """Write ``{tables_dir}/{task}.csv|.html``, ``{task}_ablation.csv|.html`` and, when ``numbers`` has rows
+    for the task, ``{task}_paper.csv`` (the HTML table then shows them)."""
+    table = task_table(frame, task, meta)
+    table.to_csv(tables_dir / f"{task}.csv", float_format="%.6g")
+    paper = paper_rows(task, numbers)
+    if paper:
+        paper_csv(task, numbers).to_csv(tables_dir / f"{task}_paper.csv", index=False)
+    body = table_html(table, task, paper, numbers.get("paper", ""))
+    note = _seeds_note(table) + _no_rlvr_note((meta or {}).get("tasks", {}).get(task, {}).get("kind"))
+    (tables_dir / f"{task}.html").write_text(_page(f"Final models: {task}", body, note))
+    abl = ablation_table(frame, task, meta)
+    abl.to_csv(tables_dir / f"{task}_ablation.csv", float_format="%.6g")
+    (tables_dir / f"{task}_ablation.html").write_text(
+        _page(f"EBFT ablation: {task}", table_html(abl, task) if len(abl) else "<p>No EBFT runs.</p>",
+              "One row per EBFT variant: its swept parameters and final metrics (mean over seeds)."))
 
 
 def _seeds_note(table: pd.DataFrame) -> str:
@@ -317,19 +199,11 @@ def _page(title: str, body: str, note: str = "") -> str:
            f"</head><body><h2>{title}</h2>{body}<p class='note'>{html_lib.escape(note)}</p></body></html>\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ebft.report``: the aggregate rule's entry point (``--meta`` is :func:`report_meta` JSON)."""
-    import argparse
+def __getattr__(name: str) -> Any:
+    """``from ebft.report.tables import aggregate`` (ebft/cli.py) keeps working: :func:`aggregate` lives in
+    :mod:`ebft.report.aggregate`, which imports this module, so it is looked up only when asked for."""
+    if name == "aggregate":
+        from ebft.report.aggregate import aggregate
 
-    p = argparse.ArgumentParser(prog="python -m ebft.report", description=aggregate.__doc__)
-    p.add_argument("--results", nargs="+", required=True)
-    p.add_argument("--tables", required=True)
-    p.add_argument("--figures", required=True)
-    p.add_argument("--meta", default=None, help="JSON (or @file) from report_meta(config)")
-    args = p.parse_args(argv)
-    meta = None
-    if args.meta:
-        meta = json.loads(Path(args.meta[1:]).read_text() if args.meta.startswith("@") else args.meta)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    aggregate([Path(p) for p in args.results], Path(args.tables), Path(args.figures), meta)
-    return 0
+        return aggregate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
