@@ -18,10 +18,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ebft import paths
+from ebft.evaluation import EVALUATIONS
+from ebft.methods import METHODS, REGISTRY
+
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
-#: Methods the DAG knows how to train, in report order.
-METHODS = ("sft", "rlvr", "ebft")
+__all__ = ["METHODS", "ConfigError", "TrainConfig", "Run", "EvalJob", "run_grid", "eval_plan", "task_variants"]
 
 
 class ConfigError(ValueError):
@@ -92,7 +95,13 @@ class Run:
 
     @property
     def path(self) -> str:
+        """``{task}/{method}/{variant}/seed{seed}``: the run's place below ``results/runs``."""
         return f"{self.task}/{self.method}/{self.variant}/seed{self.seed}"
+
+    @property
+    def dir(self) -> str:
+        """The run directory (:data:`ebft.paths.RUN`)."""
+        return paths.fill(paths.RUN, task=self.task, method=self.method, variant=self.variant, seed=self.seed)
 
 
 def _fmt(value: Any) -> str:
@@ -149,8 +158,8 @@ def task_variants(config: dict[str, Any], method: str, task: str) -> dict[str, d
         return {}
     own = method_variants(config["methods"][method], task)
     out = {name: p for name, p in own.items() if p.get("tasks") is None or task in p["tasks"]}
-    if method == "rlvr":
-        out = _verifiable(config, task, out)
+    if REGISTRY[method].rewards is not None:
+        out = _verifiable(config, method, task, out)
     scale = config.get("scale") or {}
     if scale.get("enabled") and task in scale.get("tasks", []):
         for variant in scale.get("methods", {}).get(method, []):
@@ -163,37 +172,41 @@ def task_variants(config: dict[str, Any], method: str, task: str) -> dict[str, d
     return out
 
 
-#: Rewards RLVR can verify per task kind (the first is the default); other kinds have no verifier.
-RLVR_REWARDS = {"code_qa": ("unit_tests", "unit_test_fraction"), "translation": ("chrf", "bleu")}
-
-
-def _verifiable(config: dict[str, Any], task: str, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """RLVR variants that can run on ``task``: none on a kind without a verifier (unless a variant names the
-    task explicitly, which is an error), and each variant's ``reward`` must fit the kind."""
+def _verifiable(config: dict[str, Any], method: str, task: str,
+                variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Variants of a method that needs a verifier (``REGISTRY[method].rewards``) that can run on ``task``: none
+    on a kind without a verifier (unless a variant names the task explicitly, which is an error), and each
+    variant's ``reward`` must fit the kind."""
     kind = config["tasks"][task]["kind"]
-    rewards = RLVR_REWARDS.get(kind)
-    if rewards is None:
+    rewards = REGISTRY[method].rewards
+    if kind not in rewards:
         named = [name for name, p in variants.items() if p.get("tasks") is not None]
         if named:
-            raise ConfigError(f"methods.rlvr variant {named[0]!r} lists task {task!r}, but its kind {kind!r} has no "
-                              f"verifiable reward (RLVR runs on kinds {sorted(RLVR_REWARDS)})")
+            raise ConfigError(f"methods.{method} variant {named[0]!r} lists task {task!r}, but its kind {kind!r} has "
+                              f"no verifiable reward ({method.upper()} runs on kinds {sorted(rewards)})")
         return {}
     for name, p in variants.items():
-        rlvr_reward(kind, p.get("reward"), f"methods.rlvr variant {name!r}", task)
+        method_reward(method, kind, p.get("reward"), f"methods.{method} variant {name!r}", task)
     return variants
 
 
-def rlvr_reward(kind: str, reward: str | None, where: str, task: str) -> str:
-    """The RLVR reward for a task of ``kind``: ``reward`` if it fits the kind, the kind's default if None."""
-    rewards = RLVR_REWARDS.get(kind)
-    if rewards is None:
-        raise ConfigError(f"{where}: task {task!r} of kind {kind!r} has no verifiable reward (RLVR runs on kinds "
-                          f"{sorted(RLVR_REWARDS)})")
-    name = reward or rewards[0]
-    if name not in rewards:
+def method_reward(method: str, kind: str, reward: str | None, where: str, task: str) -> str:
+    """The reward a verifier-based method uses on a task of ``kind``: ``reward`` if it fits the kind, the
+    kind's default if None."""
+    rewards = REGISTRY[method].rewards or {}
+    if kind not in rewards:
+        raise ConfigError(f"{where}: task {task!r} of kind {kind!r} has no verifiable reward ({method.upper()} "
+                          f"runs on kinds {sorted(rewards)})")
+    name = reward or rewards[kind][0]
+    if name not in rewards[kind]:
         raise ConfigError(f"{where}: reward {name!r} does not fit task {task!r} (kind {kind!r} takes "
-                          f"{' or '.join(rewards)})")
+                          f"{' or '.join(rewards[kind])})")
     return name
+
+
+def rlvr_reward(kind: str, reward: str | None, where: str, task: str) -> str:
+    """:func:`method_reward` of RLVR."""
+    return method_reward("rlvr", kind, reward, where, task)
 
 
 def run_grid(config: dict[str, Any], methods: tuple[str, ...] = METHODS) -> list[Run]:
@@ -217,38 +230,38 @@ def base_models(config: dict[str, Any], task: str, runs: list[Run]) -> list[str]
     return keys
 
 
-#: Evaluation groups every task gets; tasks add downstream ones with ``tasks.<task>.evaluations``.
-UNIVERSAL_EVALUATIONS = ("ce", "cfm", "cfm_by_length")
-#: Groups evaluated on declared checkpoints unless ``evaluation.<group>.checkpoints`` says otherwise.
-CHECKPOINT_DEFAULT = {"ce": True, "cfm": True, "unit_tests": True}
-
-
 @dataclass(frozen=True)
 class EvalJob:
     group: str
     task: str
-    method: str  # base | sft | rlvr | ebft
+    method: str  # base | a key of ebft.methods.REGISTRY
     variant: str  # the model key for base
     seed: int
     ckpt: str  # final | step<N>
 
     @property
     def path(self) -> str:
-        return f"results/eval/{self.task}/{self.method}/{self.variant}/seed{self.seed}/{self.ckpt}/{self.group}.json"
+        return paths.fill(paths.EVAL_RESULT, task=self.task, method=self.method, variant=self.variant,
+                          seed=self.seed, ckpt=self.ckpt, group=self.group)
+
+
+def task_evaluations(config: dict[str, Any], task: str) -> list[str]:
+    """Evaluation groups of ``task``: the universal ones, then those ``tasks.<task>.evaluations`` lists;
+    ``cfm_by_length`` only when ``evaluation.cfm_by_length.gen_lens`` is set."""
+    extra = [g for g in config["tasks"][task].get("evaluations", []) if not EVALUATIONS[g].universal]
+    groups = [g for g in EVALUATIONS if EVALUATIONS[g].universal] + extra
+    by_length = (config.get("evaluation", {}).get("cfm_by_length") or {}).get("gen_lens")
+    return [g for g in groups if g != "cfm_by_length" or by_length]
 
 
 def eval_plan(config: dict[str, Any], runs: list[Run]) -> list[EvalJob]:
     """Every evaluation the config asks for: each task's groups on its base model(s) and on every run's
     final model, plus declared checkpoints for groups evaluated over training."""
     jobs = []
-    for task, spec in config["tasks"].items():
-        extra = [g for g in spec.get("evaluations", []) if g not in UNIVERSAL_EVALUATIONS]
-        groups = [*UNIVERSAL_EVALUATIONS, *extra]
-        for group in groups:
-            settings = config.get("evaluation", {}).get(group, {})
-            if group == "cfm_by_length" and not settings.get("gen_lens"):
-                continue
-            with_ckpts = settings.get("checkpoints", CHECKPOINT_DEFAULT.get(group, False))
+    for task in config["tasks"]:
+        for group in task_evaluations(config, task):
+            settings = config.get("evaluation", {}).get(group, {}) or {}
+            with_ckpts = settings.get("checkpoints", EVALUATIONS[group].checkpoints)
             for key in base_models(config, task, runs):
                 jobs.append(EvalJob(group, task, "base", key, 0, "final"))
             for run in runs:

@@ -13,11 +13,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def slug(repo_id: str) -> str:
-    """``Qwen/Qwen2.5-1.5B`` -> ``Qwen--Qwen2.5-1.5B`` (no slash, safe as a wildcard value)."""
-    return repo_id.replace("/", "--")
-
-
 def download(kind: str, repo_id: str, out: Path, *, revision: str | None = None) -> Path:
     """Snapshot ``repo_id`` (a model or dataset repository) into ``out`` atomically."""
     from huggingface_hub import snapshot_download

@@ -10,7 +10,7 @@ import torch
 
 from ebft.config import TrainConfig
 from ebft.generation import completion_logprobs, generate, truncate_completion
-from ebft.objectives import RLVRObjective
+from ebft.methods.rlvr import RLVRObjective
 from ebft.rewards import TranslationMetricReward, UnitTestReward, make_verifiable_reward, split_test_cases
 from ebft.trainer import Trainer, read_log
 from tests.helpers import TINY_SPEC, tiny_model, tiny_tokenizer
@@ -104,7 +104,7 @@ def test_rlvr_raises_a_learnable_reward(tok, tmp_path):
         return torch.tensor([t.count("e") / max(len(t), 1) for t in texts])
 
     records = [{"question": q} for q in ["def", "import", "Translate", "print", "English:", "return"]]
-    from ebft.cli import RecordDataset, collate_records
+    from ebft.train import RecordDataset, collate_records
 
     obj = RLVRObjective({"num_samples": 6, "temperature": 1.0, "max_new_tokens": 8}, tokenizer=tok,
                         kind="qa", reward_fn=letter_reward, seed=0)
@@ -221,7 +221,7 @@ class _RecordingObjective:
 
 
 def test_trainer_feeds_each_batch_for_updates_per_batch_steps(tok, tmp_path):
-    from ebft.cli import RecordDataset, collate_records
+    from ebft.train import RecordDataset, collate_records
 
     records = [{"question": f"q{i}"} for i in range(8)]
     cfg = TrainConfig.from_dict({"lr": 1e-3, "epochs": 1, "batch_size": 4, "micro_batch_size": 2,
@@ -238,7 +238,7 @@ def test_trainer_feeds_each_batch_for_updates_per_batch_steps(tok, tmp_path):
 
 
 def _ppo_run(tok, out, stop_after_step=None):
-    from ebft.cli import RecordDataset, collate_records
+    from ebft.train import RecordDataset, collate_records
 
     def letter_reward(records, texts):
         return torch.tensor([t.count("e") / max(len(t), 1) for t in texts])
@@ -281,12 +281,12 @@ def test_rlvr_raises_the_unit_test_reward_on_the_tiny_code_task(tmp_path):
     first five steps 0.272, of the last five 0.478 (~45 s on 2 CPU cores)."""
     import random
 
-    from ebft.cli import RecordDataset, collate_records
     from ebft.data import code_qa
     from ebft.data.packing import pack_records
+    from ebft.methods.sft import SFTObjective
     from ebft.modeling import build_tiny_model
-    from ebft.objectives import SFTObjective
     from ebft.tokenizer import train_bpe
+    from ebft.train import RecordDataset, collate_records
 
     rng = random.Random(0)
     families = ["add_constant", "multiply_constant"]

@@ -9,8 +9,8 @@ import torch
 
 from ebft.config import TrainConfig
 from ebft.data.packing import pack_records
+from ebft.methods.sft import SFTObjective, masked_token_nll
 from ebft.modeling import load_model
-from ebft.objectives import SFTObjective, masked_token_nll
 from ebft.trainer import Trainer, read_log
 from tests.helpers import TEXTS, tiny_model, tiny_tokenizer
 

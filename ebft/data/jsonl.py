@@ -84,3 +84,19 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write one JSON document (indented, sorted keys, trailing newline) atomically."""
     _atomic_write_text(Path(path), [json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n"])
+
+
+def read_records(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """The records of several JSON-lines files, concatenated in order."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        rows.extend(read_jsonl(path))
+    return rows
+
+
+def interleave(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Round-robin over several corpora, so that a prefix (a character or token budget) samples all of them."""
+    out: list[dict[str, Any]] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out

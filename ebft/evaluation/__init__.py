@@ -1,1 +1,67 @@
-"""Evaluations of trained models; each writes one JSON result (see :mod:`ebft.evaluation.results`)."""
+"""Evaluations of trained models and their registry.
+
+Each evaluation *group* writes one JSON result per evaluated model (schema: :mod:`ebft.evaluation.results`,
+path: :data:`ebft.paths.EVAL_RESULT`). :data:`EVALUATIONS` says, per group, what its job reads and how it
+is scheduled; the config module's evaluation plan, the workflow's ``eval_<group>`` rules (generated from
+it) and ``ebft evaluate <command>`` (which runs :mod:`ebft.evaluation.jobs`) all read it. This module does
+not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation group.
+
+    ``split``: the task data split it reads (``None``: it ships its own problems, HumanEval).
+    ``sections``: the ``evaluation.<section>`` config sections merged (left to right) into its settings.
+    ``task_spec``: it needs the task's ``seq_len``/``kind``/``geometry``. ``feature_network``: it needs the
+    frozen feature model. ``comet``: it needs the COMET checkpoint when one is configured.
+    ``all_cores``: its job uses every core (sandboxed unit tests run in parallel workers), else one.
+    ``universal``: every task gets it; otherwise a task lists it in ``tasks.<task>.evaluations``.
+    ``checkpoints``: evaluated on declared checkpoints unless ``evaluation.<group>.checkpoints`` says no.
+    """
+
+    group: str
+    command: str  #: ``ebft evaluate <command>``
+    summary: str
+    split: str | None
+    sections: tuple[str, ...]
+    task_spec: bool = False
+    feature_network: bool = False
+    comet: bool = False
+    all_cores: bool = False
+    universal: bool = False
+    checkpoints: bool = False
+
+    def settings(self, evaluation_config: dict) -> dict:
+        """The group's resolved settings from the config's ``evaluation`` section."""
+        out: dict = {}
+        for section in self.sections:
+            out.update(evaluation_config.get(section) or {})
+        return out
+
+
+EVALUATIONS: dict[str, Evaluation] = {
+    e.group: e
+    for e in (
+        Evaluation("ce", "ce", "validation cross-entropy (all tokens and answer tokens)",
+                   "valid", ("ce",), task_spec=True, universal=True, checkpoints=True),
+        Evaluation("cfm", "cfm", "validation CFM loss (unbiased estimator, strided sampler, frozen features)",
+                   "valid", ("cfm",), task_spec=True, feature_network=True, universal=True, checkpoints=True),
+        Evaluation("cfm_by_length", "cfm-by-length", "validation CFM for each completion length in gen_lens",
+                   "valid", ("cfm", "cfm_by_length"), task_spec=True, feature_network=True, universal=True),
+        Evaluation("unit_tests", "unit-tests", "code_qa test split: greedy pass@1 and sampled pass@k (sandbox)",
+                   "test", ("unit_tests",), all_cores=True, checkpoints=True),
+        Evaluation("humaneval", "humaneval", "HumanEval pass@k in the sandbox (a model, or a samples file)",
+                   None, ("humaneval",), all_cores=True),
+        Evaluation("translation", "translation", "BLEU / chrF (sacrebleu) and COMET (own environment), test split",
+                   "test", ("translation",), comet=True),
+    )
+}
+
+#: Groups every task gets, in order.
+UNIVERSAL_EVALUATIONS: tuple[str, ...] = tuple(g for g, e in EVALUATIONS.items() if e.universal)

@@ -156,3 +156,21 @@ def score_comet(
         raise CometError("COMET worker returned non-finite scores")
     result["system_score"] = float(result["system_score"])
     return result
+
+
+def build_tiny_checkpoint(records: list[dict], out: str | Path, seed: int = 0) -> str:
+    """Build the tiny random COMET checkpoint offline in the COMET environment
+    (:mod:`ebft.evaluation.comet_tiny`), its tokenizer trained on the sources and references of ``records``.
+    Returns what the builder printed."""
+    lines = sorted({text for r in records for text in (r.get("source", ""), r.get("reference", "")) if text})
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8", delete=False) as fh:
+        fh.write("\n".join(lines) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    cmd = [comet_python(), "-m", "ebft.evaluation.comet_tiny", str(out), "--texts", fh.name, "--seed", str(seed)]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    finally:
+        Path(fh.name).unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the tiny COMET checkpoint failed:\n{_tail(done.stderr, 3000)}")
+    return done.stdout.strip()

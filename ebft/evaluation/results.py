@@ -22,6 +22,8 @@ from typing import Any
 
 import jsonschema
 
+from ebft.methods import METHODS
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -32,7 +34,7 @@ SCHEMA: dict[str, Any] = {
         "schema_version": {"const": 1},
         "group": {"type": "string", "pattern": "^[a-z0-9_]+$"},
         "task": {"type": "string"},
-        "method": {"enum": ["base", "sft", "rlvr", "ebft"]},
+        "method": {"enum": ["base", *METHODS]},
         "variant": {"type": "string"},
         "seed": {"type": "integer"},
         "step": {"type": ["integer", "null"]},

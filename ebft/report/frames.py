@@ -17,15 +17,17 @@ import pandas as pd
 import yaml
 
 from ebft.evaluation.results import read_result
+from ebft.methods import METHODS, REGISTRY
 
 # ---------------------------------------------------------------------------------------- methods
-#: Row order of methods in every table and figure.
-METHOD_ORDER = ["base", "sft", "rlvr", "ebft"]
-#: Row kinds in table order, with their display names.
-ROW_KINDS = {"base": "base", "sft": "SFT", "rlvr": "RLVR", "ebft_base": "EBFT (from base)",
-             "ebft_sft": "EBFT (from SFT)", "sft_rlvr": "RLVR (from SFT)"}
+#: Row order of methods in every table and figure: the base model, then the method registry's order.
+METHOD_ORDER = ["base", *METHODS]
+#: Row kinds in table order, with their display names: each registered method (its label), then the paper's
+#: rows that split a method by its starting point (:func:`row_kind`).
+ROW_KINDS = {"base": "base", **{m.name: m.label for m in REGISTRY.values()},
+             "ebft_base": "EBFT (from base)", "ebft_sft": "EBFT (from SFT)", "sft_rlvr": "RLVR (from SFT)"}
 #: One colour per method in every figure.
-METHOD_COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "rlvr": "#2ca02c", "ebft": "#d62728"}
+METHOD_COLOURS = {"base": "#7f7f7f", **{m.name: m.colour for m in REGISTRY.values()}}
 
 # ------------------------------------------------------------------------------------------ frame
 KEYS = ["task", "method", "variant", "seed", "step"]
@@ -61,7 +63,7 @@ META_PARAMS = ("init", "whitening", "embed_method", "ce_coef", "diversity_coef",
                "lr", "epochs", "max_steps")
 
 
-def report_meta(config: dict[str, Any], methods: tuple[str, ...] = ("sft", "rlvr", "ebft")) -> dict[str, Any]:
+def report_meta(config: dict[str, Any], methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     """What the report needs from a workflow config: its name and, per task, the pooling and the resolved
     parameters of every trained (method, variant). The aggregate rule passes this as JSON."""
     from ebft.config import task_variants
@@ -117,7 +119,9 @@ def row_names(keys: list[tuple[str, str]], task: str, meta: dict[str, Any] | Non
 
 def kind_order(method: str, variant: str, task: str, meta: dict[str, Any] | None) -> int:
     """Position of the (method, variant) row's kind in :data:`ROW_KINDS` (the table row order)."""
-    return list(ROW_KINDS).index(row_kind(method, variant_params(meta, task, method, variant)))
+    kinds = list(ROW_KINDS)
+    kind = row_kind(method, variant_params(meta, task, method, variant))
+    return kinds.index(kind) if kind in kinds else len(kinds)
 
 
 # ---------------------------------------------------------------------------------- paper numbers

@@ -182,9 +182,9 @@ def _seeds_note(table: pd.DataFrame) -> str:
 
 def _no_rlvr_note(kind: str | None) -> str:
     """Why a task has no RLVR row: RLVR needs a verifiable reward, which only some task kinds have."""
-    from ebft.config import RLVR_REWARDS
+    from ebft.methods import REGISTRY
 
-    if kind is None or kind in RLVR_REWARDS:
+    if kind is None or REGISTRY["rlvr"].trains_on(kind):
         return ""
     return (f" No RLVR row: RLVR needs a verifiable reward (unit tests for code Q&A, a translation metric for"
             f" translation) and a task of kind {kind!r} has none, so the workflow does not train RLVR on it.")
@@ -197,13 +197,3 @@ def _page(title: str, body: str, note: str = "") -> str:
     title = html_lib.escape(title)
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>" \
            f"</head><body><h2>{title}</h2>{body}<p class='note'>{html_lib.escape(note)}</p></body></html>\n"
-
-
-def __getattr__(name: str) -> Any:
-    """``from ebft.report.tables import aggregate`` (ebft/cli.py) keeps working: :func:`aggregate` lives in
-    :mod:`ebft.report.aggregate`, which imports this module, so it is looked up only when asked for."""
-    if name == "aggregate":
-        from ebft.report.aggregate import aggregate
-
-        return aggregate
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

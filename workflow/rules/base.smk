@@ -3,25 +3,26 @@
 
 def tokenizer_corpora():
     """Training splits of every task whose base model is pretrained here."""
-    return [f"results/data/{t}/train.jsonl" for t in TASKS if config["models"][config["tasks"][t]["base_model"]]["source"] == "pretrain"]
+    return [fill(paths.DATA_SPLIT, task=t, split="train") for t in TASKS
+            if config["models"][config["tasks"][t]["base_model"]]["source"] == "pretrain"]
 
 
 def pretrain_corpora(wildcards):
-    return [f"results/data/{t}/train.jsonl" for t in TASKS if config["tasks"][t]["base_model"] == wildcards.model]
+    return [fill(paths.DATA_SPLIT, task=t, split="train") for t in TASKS if config["tasks"][t]["base_model"] == wildcards.model]
 
 
 rule train_tokenizer:
     input:
         tokenizer_corpora(),
     output:
-        directory("results/tokenizer"),
+        directory(paths.TOKENIZER),
     params:
         vocab=config["tokenizer"]["vocab_size"] if "tokenizer" in config else 0,
         chars=config["tokenizer"]["train_chars"] if "tokenizer" in config else 0,
     log:
-        "results/logs/train_tokenizer.log",
+        job_files("train_tokenizer")["log"],
     benchmark:
-        "results/benchmarks/rules/train_tokenizer.tsv"
+        job_files("train_tokenizer")["benchmark"]
     conda:
         ENV
     shell:
@@ -31,34 +32,35 @@ rule train_tokenizer:
 
 rule pretrain_base:
     input:
-        tokenizer="results/tokenizer",
+        tokenizer=paths.TOKENIZER,
         data=pretrain_corpora,
     output:
-        model=directory("results/models/{model}/model"),
-        log="results/models/{model}/train_log.jsonl",
+        model=directory(paths.PRETRAINED_MODEL),
+        log=paths.PRETRAINED_LOG,
     params:
         spec=lambda wildcards: as_json(config["models"][wildcards.model]),
+        run=lambda wildcards: fill(paths.PRETRAINED_RUN, model=wildcards.model),
         launch=launcher,
     log:
-        "results/logs/pretrain_base/{model}.log",
+        job_files("pretrain_base", "{model}")["log"],
     benchmark:
-        "results/benchmarks/rules/pretrain_base/{model}.tsv"
+        job_files("pretrain_base", "{model}")["benchmark"]
     threads: workflow.cores
     conda:
         ENV
     shell:
         "{params.launch} --threads {threads} pretrain --tokenizer {input.tokenizer} --data {input.data} --spec {params.spec:q} "
-        "--out results/models/{wildcards.model} > {log} 2>&1"
+        "--out {params.run} > {log} 2>&1"
 
 
 rule download_model:
     output:
-        directory("resources/hf/models/{slug}"),
+        directory(paths.HUB_MODEL),
     params:
         repo_id=lambda wildcards: HUB_MODELS[wildcards.slug]["repo_id"],
         revision=lambda wildcards: HUB_MODELS[wildcards.slug].get("revision") or "main",
     log:
-        "results/logs/download_model/{slug}.log",
+        job_files("download_model", "{slug}")["log"],
     conda:
         ENV
     shell:

@@ -1,21 +1,24 @@
-# Config validation, helpers and the run grid. No method logic lives in the .smk files.
+# Config validation, the run grid and the helpers every rule file uses. No method logic lives in the .smk
+# files: methods come from ebft.methods.REGISTRY, evaluations from ebft.evaluation.EVALUATIONS and every
+# path from ebft.paths.
 
 import json
 import os
 
 from snakemake.utils import validate
 
-from ebft.config import METHODS, base_models, eval_plan, run_grid, task_variants
-from ebft.hub import slug
+from ebft import paths
+from ebft.config import base_models, eval_plan, run_grid, task_variants
+from ebft.evaluation import EVALUATIONS
+from ebft.methods import METHODS, REGISTRY
+from ebft.paths import fill, slug
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 TASKS = list(config["tasks"])
-# Methods whose training rule exists in rules/train.smk; configured sections of others are kept but not run.
-TRAINED_METHODS = ("sft", "rlvr", "ebft")
-RUNS = run_grid(config, TRAINED_METHODS)
-SEEDS = [int(s) for s in config["seeds"]]
+RUNS = run_grid(config, METHODS)
+EVAL_JOBS = eval_plan(config, RUNS)
 ENV = "../../envs/ebft.yaml"
 
 # hub repositories the paper config needs, by slug (the download rules' wildcard)
@@ -39,6 +42,16 @@ wildcard_constraints:
     slug=r"[A-Za-z0-9][A-Za-z0-9_.-]*--[A-Za-z0-9_.-]+",
 
 
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def job_files(rule, wildcards=""):
+    """log: and benchmark: paths of a rule's jobs (``wildcards``: the pattern that makes them unique)."""
+    return {"log": paths.job_file(paths.LOGS, rule, wildcards, "log"),
+            "benchmark": paths.job_file(paths.RULE_BENCHMARKS, rule, wildcards, "tsv")}
+
+
 def comet_model_dir():
     """The COMET checkpoint translation evaluation uses: built here ('tiny'), downloaded (a hub id), a local
     path, or None (no COMET)."""
@@ -46,22 +59,18 @@ def comet_model_dir():
     if not name:
         return None
     if name == "tiny":
-        return "results/models/comet-tiny"
+        return paths.COMET_TINY
     if "/" in name and not os.path.exists(name):
-        return f"resources/hf/comet/{slug(name)}"
+        return fill(paths.HUB_COMET, slug=slug(name))
     return name
-
-
-def as_json(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def model_dir(name):
     """Local directory of a config model: pretrained here or downloaded from the hub."""
     spec = config["models"][name]
     if spec["source"] == "pretrain":
-        return f"results/models/{name}/model"
-    return f"resources/hf/models/{slug(spec['repo_id'])}"
+        return fill(paths.PRETRAINED_MODEL, model=name)
+    return fill(paths.HUB_MODEL, slug=slug(spec["repo_id"]))
 
 
 def task_spec(task):
@@ -77,7 +86,7 @@ def variant_spec(method, variant, task):
 
 
 def run_dir(task, method, variant, seed):
-    return f"results/runs/{task}/{method}/{variant}/seed{seed}"
+    return fill(paths.RUN, task=task, method=method, variant=variant, seed=seed)
 
 
 def init_model(method):
@@ -88,13 +97,24 @@ def init_model(method):
         if spec.get("init", "base") == "base":
             return model_dir(spec.get("base_model", config["tasks"][wildcards.task]["base_model"]))
         if "base_model" in spec:  # scale grid: warm start from this pipeline's SFT of that model
-            return run_dir(wildcards.task, "sft", f"default.{spec['base_model']}", wildcards.seed) + "/model"
+            return fill(paths.RUN_MODEL, task=wildcards.task, method="sft", variant=f"default.{spec['base_model']}",
+                        seed=wildcards.seed)
         warm = config["tasks"][wildcards.task].get("sft_warm_start", "own")
         if warm == "own":
-            return run_dir(wildcards.task, "sft", "default", wildcards.seed) + "/model"
+            return fill(paths.RUN_MODEL, task=wildcards.task, method="sft", variant="default", seed=wildcards.seed)
         return model_dir(warm)
 
     return _init
+
+
+def feature_model_dir(task, variant=None, method="ebft"):
+    """The frozen feature network of `task` (EBFT's reward features and the CFM metric):
+    tasks.<task>.feature_model, else the base model; a scale-grid variant's own base model."""
+    spec = config["tasks"][task]
+    key = spec.get("feature_model", spec["base_model"])
+    if variant is not None and method in config["methods"]:
+        key = variant_spec(method, variant, task).get("base_model", key)
+    return model_dir(key)
 
 
 def launcher(wildcards, resources):
@@ -116,37 +136,19 @@ def launcher(wildcards, resources):
     return f"{env}ebft"
 
 
-def eval_model(wildcards):
-    """Model directory an evaluation reads: base, a final run model, or a run checkpoint."""
-    if wildcards.evalmethod == "base":
-        return model_dir(wildcards.variant)
-    run = run_dir(wildcards.task, wildcards.evalmethod, wildcards.variant, wildcards.seed)
-    return f"{run}/model" if wildcards.ckpt == "final" else f"{run}/checkpoints"
-
-
-EVAL_JOBS = eval_plan(config, RUNS)
-
-
 def eval_targets(group=None):
     """Result files of one evaluation group (or of all groups)."""
     return [job.path for job in EVAL_JOBS if group is None or job.group == group]
-
-
-def eval_meta(wildcards):
-    step = None if wildcards.ckpt == "final" else int(wildcards.ckpt[4:])
-    return as_json({"task": wildcards.task, "method": wildcards.evalmethod, "variant": wildcards.variant,
-                    "seed": int(wildcards.seed), "step": step})
 
 
 def all_targets():
     """Every artefact of the report (rule aggregate): tables and ablation tables per task, per-task and
     overview figures, and one figure per run."""
     return (
-        expand("results/tables/{task}{suffix}.{ext}", task=TASKS, suffix=["", "_ablation"], ext=["html", "csv"])
-        + ["results/tables/summary.csv"]
-        + [f"results/figures/{name}.svg"
-           for name in ("validation_ce", "cfm_by_length", "training_curves", "accuracy_vs_ce", "ablation")]
-        + expand("results/figures/{task}/{name}.svg", task=TASKS,
-                 name=["accuracy_vs_ce", "cfm_by_length", "training_curves", "ablation"])
-        + [f"results/figures/{r.task}/runs/{r.method}_{r.variant}_seed{r.seed}.svg" for r in RUNS]
+        [fill(paths.TASK_TABLE, task=t, suffix=s, ext=e) for t in TASKS for s in ("", "_ablation")
+         for e in ("html", "csv")]
+        + [paths.SUMMARY_TABLE]
+        + [fill(paths.OVERVIEW_FIGURE, name=name) for name in paths.FIGURE_TITLES]
+        + [fill(paths.TASK_FIGURE, task=t, name=name) for t in TASKS for name in paths.TASK_FIGURES]
+        + [fill(paths.RUN_FIGURE, task=r.task, method=r.method, variant=r.variant, seed=r.seed) for r in RUNS]
     )

@@ -13,10 +13,10 @@ def data_spec(task):
     spec.setdefault("kind", config["tasks"][task]["kind"])
     if spec["source"] == "hub":
         spec["splits"] = {
-            name: {**s, "path": f"resources/hf/datasets/{slug(s['path'])}"} for name, s in spec["splits"].items()
+            name: {**s, "path": fill(paths.HUB_DATASET, slug=slug(s["path"]))} for name, s in spec["splits"].items()
         }
         if spec.get("ood_test"):
-            spec["ood_test"] = {**spec["ood_test"], "path": f"resources/hf/datasets/{slug(spec['ood_test']['path'])}"}
+            spec["ood_test"] = {**spec["ood_test"], "path": fill(paths.HUB_DATASET, slug=slug(spec["ood_test"]["path"]))}
     return spec
 
 
@@ -25,38 +25,39 @@ def data_inputs(wildcards):
     if spec["source"] != "hub":
         return []
     extra = [spec["ood_test"]] if spec.get("ood_test") else []
-    return sorted({f"resources/hf/datasets/{slug(s['path'])}" for s in [*spec["splits"].values(), *extra]})
+    return sorted({fill(paths.HUB_DATASET, slug=slug(s["path"])) for s in [*spec["splits"].values(), *extra]})
 
 
 rule prepare_data:
     input:
         data_inputs,
     output:
-        train="results/data/{task}/train.jsonl",
-        valid="results/data/{task}/valid.jsonl",
-        test="results/data/{task}/test.jsonl",
-        manifest="results/data/{task}/manifest.json",
+        train=fill(paths.DATA_SPLIT, split="train"),
+        valid=fill(paths.DATA_SPLIT, split="valid"),
+        test=fill(paths.DATA_SPLIT, split="test"),
+        manifest=paths.DATA_MANIFEST,
     params:
         spec=lambda wildcards: as_json(data_spec(wildcards.task)),
+        out=lambda wildcards: fill(paths.DATA_DIR, task=wildcards.task),
     log:
-        "results/logs/prepare_data/{task}.log",
+        job_files("prepare_data", "{task}")["log"],
     benchmark:
-        "results/benchmarks/rules/prepare_data/{task}.tsv"
+        job_files("prepare_data", "{task}")["benchmark"]
     conda:
         ENV
     shell:
         "ebft prepare-data --task {wildcards.task} --spec {params.spec:q} "
-        "--out results/data/{wildcards.task} > {log} 2>&1"
+        "--out {params.out} > {log} 2>&1"
 
 
 rule download_dataset:
     output:
-        directory("resources/hf/datasets/{slug}"),
+        directory(paths.HUB_DATASET),
     params:
         repo_id=lambda wildcards: HUB_DATASETS[wildcards.slug]["path"],
         revision=lambda wildcards: HUB_DATASETS[wildcards.slug].get("revision") or "main",
     log:
-        "results/logs/download_dataset/{slug}.log",
+        job_files("download_dataset", "{slug}")["log"],
     conda:
         ENV
     shell:

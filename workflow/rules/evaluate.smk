@@ -1,152 +1,104 @@
-# Evaluations of the base model, every final model and every declared checkpoint; JSON results under
-# results/eval/{task}/{method}/{variant}/seed{seed}/{ckpt}/{group}.json (ckpt: final | step<N>).
+# Evaluations of the base model, every final model and every declared checkpoint: one rule per group of
+# ebft.evaluation.EVALUATIONS (eval_ce, eval_cfm, ...), generated like the training rules. Results:
+# ebft.paths.EVAL_RESULT (results/eval/{task}/{method}/{variant}/seed{seed}/{ckpt}/{group}.json).
+
+import shlex
+
+
+EVAL_WILDCARDS = "{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}"
+
+
+def eval_model(wildcards):
+    """Model directory an evaluation reads: base, a final run model, or a run's checkpoints directory."""
+    if wildcards.evalmethod == "base":
+        return model_dir(wildcards.variant)
+    run = dict(task=wildcards.task, method=wildcards.evalmethod, variant=wildcards.variant, seed=wildcards.seed)
+    return fill(paths.RUN_MODEL if wildcards.ckpt == "final" else paths.RUN_CHECKPOINTS, **run)
 
 
 def eval_model_path(wildcards, input):
     return input.model if wildcards.ckpt == "final" else f"{input.model}/{wildcards.ckpt}"
 
 
-rule eval_ce:
-    input:
-        model=eval_model,
-        data="results/data/{task}/valid.jsonl",
-    output:
-        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/ce.json",
-    params:
-        model=eval_model_path,
-        task_spec=lambda wildcards: as_json(task_spec(wildcards.task)),
-        spec=as_json(config["evaluation"]["ce"]),
-        meta=eval_meta,
-    log:
-        "results/logs/eval_ce/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
-    benchmark:
-        "results/benchmarks/rules/eval_ce/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
-    threads: 1
-    conda:
-        ENV
-    shell:
-        "ebft --threads {threads} evaluate ce --model {params.model} --data {input.data} --task-spec {params.task_spec:q} "
-        "--spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"
+def eval_meta(wildcards):
+    step = None if wildcards.ckpt == "final" else int(wildcards.ckpt[4:])
+    return as_json({"task": wildcards.task, "method": wildcards.evalmethod, "variant": wildcards.variant,
+                    "seed": int(wildcards.seed), "step": step})
 
 
-def base_feature_model(wildcards, input=None):
-    """The frozen feature network CFM is measured with: the base model of the evaluated model's task
-    (for scale-grid variants, the model that variant trains)."""
-    if wildcards.evalmethod == "base":
-        return model_dir(wildcards.variant)
-    return feature_model_dir(wildcards.task, wildcards.variant, wildcards.evalmethod)
+def eval_inputs(evaluation):
+    """Input function of one group: the model, the data split it reads, the frozen feature network (the
+    evaluated model's base model; for scale-grid variants, the model that variant trains), COMET."""
+
+    def _inputs(wildcards):
+        inputs = {"model": eval_model(wildcards)}
+        if evaluation.split:
+            inputs["data"] = fill(paths.DATA_SPLIT, task=wildcards.task, split=evaluation.split)
+        if evaluation.feature_network:
+            inputs["features"] = (model_dir(wildcards.variant) if wildcards.evalmethod == "base"
+                                  else feature_model_dir(wildcards.task, wildcards.variant, wildcards.evalmethod))
+        if evaluation.comet and comet_model_dir() is not None:
+            inputs["comet"] = comet_model_dir()
+        return inputs
+
+    return _inputs
 
 
-rule eval_cfm:
-    input:
-        model=eval_model,
-        features=base_feature_model,
-        data="results/data/{task}/valid.jsonl",
-    output:
-        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/cfm.json",
-    params:
-        model=eval_model_path,
-        task_spec=lambda wildcards: as_json(task_spec(wildcards.task)),
-        spec=as_json(config["evaluation"]["cfm"]),
-        meta=eval_meta,
-    log:
-        "results/logs/eval_cfm/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
-    benchmark:
-        "results/benchmarks/rules/eval_cfm/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
-    threads: 1
-    conda:
-        ENV
-    shell:
-        "ebft --threads {threads} evaluate cfm --model {params.model} --feature-model {input.features} --data {input.data} "
-        "--task-spec {params.task_spec:q} --spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"
+def eval_flags(evaluation):
+    """The group's input options of `ebft evaluate` (see ebft.cli)."""
+
+    def _flags(wildcards, input):
+        flags = []
+        if evaluation.split:
+            flags.append(f"--data {input.data}")
+        if evaluation.task_spec:
+            flags.append("--task-spec " + shlex.quote(as_json(task_spec(wildcards.task))))
+        if evaluation.feature_network:
+            flags.append(f"--feature-model {input.features}")
+        if "comet" in input.keys():
+            flags.append(f"--comet-model {input.comet}")
+        return " ".join(flags)
+
+    return _flags
 
 
-rule eval_cfm_by_length:
-    input:
-        model=eval_model,
-        features=base_feature_model,
-        data="results/data/{task}/valid.jsonl",
-    output:
-        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/cfm_by_length.json",
-    params:
-        model=eval_model_path,
-        task_spec=lambda wildcards: as_json(task_spec(wildcards.task)),
-        spec=as_json({**config["evaluation"]["cfm"], **config["evaluation"].get("cfm_by_length", {})}),
-        meta=eval_meta,
-    log:
-        "results/logs/eval_cfm_by_length/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
-    benchmark:
-        "results/benchmarks/rules/eval_cfm_by_length/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
-    threads: 1
-    conda:
-        ENV
-    shell:
-        "ebft --threads {threads} evaluate cfm --by-length --model {params.model} --feature-model {input.features} "
-        "--data {input.data} --task-spec {params.task_spec:q} --spec {params.spec:q} --meta {params.meta:q} "
-        "--out {output} > {log} 2>&1"
+for _group, _evaluation in EVALUATIONS.items():
 
-
-rule eval_unit_tests:
-    input:
-        model=eval_model,
-        data="results/data/{task}/test.jsonl",
-    output:
-        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/unit_tests.json",
-    params:
-        model=eval_model_path,
-        spec=as_json(config["evaluation"].get("unit_tests", {})),
-        meta=eval_meta,
-    log:
-        "results/logs/eval_unit_tests/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
-    benchmark:
-        "results/benchmarks/rules/eval_unit_tests/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
-    threads: workflow.cores
-    conda:
-        ENV
-    shell:
-        "ebft --threads {threads} evaluate unit-tests --model {params.model} --data {input.data} --spec {params.spec:q} "
-        "--meta {params.meta:q} --out {output} > {log} 2>&1"
-
-
-rule eval_humaneval:
-    input:
-        model=eval_model,
-    output:
-        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/humaneval.json",
-    params:
-        model=eval_model_path,
-        spec=as_json(config["evaluation"].get("humaneval", {})),
-        meta=eval_meta,
-    log:
-        "results/logs/eval_humaneval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
-    benchmark:
-        "results/benchmarks/rules/eval_humaneval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
-    threads: workflow.cores
-    conda:
-        ENV
-    shell:
-        "ebft --threads {threads} evaluate humaneval --model {params.model} --spec {params.spec:q} --meta {params.meta:q} "
-        "--out {output} > {log} 2>&1"
-
-
-def comet_input(wildcards):
-    path = comet_model_dir()
-    return {} if path is None else {"comet": path}
-
-
-def comet_flag(wildcards, input):
-    return f"--comet-model {input.comet}" if "comet" in input.keys() else ""
+    rule:
+        name:
+            f"eval_{_group}"
+        input:
+            unpack(eval_inputs(_evaluation)),
+        output:
+            fill(paths.EVAL_RESULT, method="{evalmethod}", group=_group),
+        params:
+            command=_evaluation.command,
+            model=eval_model_path,
+            flags=eval_flags(_evaluation),
+            spec=as_json(_evaluation.settings(config["evaluation"])),
+            meta=eval_meta,
+        log:
+            job_files(f"eval_{_group}", EVAL_WILDCARDS)["log"],
+        benchmark:
+            job_files(f"eval_{_group}", EVAL_WILDCARDS)["benchmark"]
+        threads: workflow.cores if _evaluation.all_cores else 1
+        conda:
+            ENV
+        shell:
+            "ebft --threads {threads} evaluate {params.command} --model {params.model} {params.flags} "
+            "--spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"
 
 
 rule build_comet_tiny:
     input:
-        data=lambda wildcards: [f"results/data/{t}/train.jsonl" for t in TASKS if config["tasks"][t]["kind"] == "translation"],
+        data=lambda wildcards: [fill(paths.DATA_SPLIT, task=t, split="train") for t in TASKS
+                                if config["tasks"][t]["kind"] == "translation"],
     output:
-        directory("results/models/comet-tiny"),
+        directory(paths.COMET_TINY),
     log:
-        "results/logs/build_comet_tiny.log",
+        job_files("build_comet_tiny")["log"],
     benchmark:
-        "results/benchmarks/rules/build_comet_tiny.tsv"
+        job_files("build_comet_tiny")["benchmark"]
     conda:
         ENV  # `ebft` runs the COMET interpreter itself (EBFT_COMET_PYTHON or .venv-comet; docs/comet.md)
     shell:
@@ -155,37 +107,13 @@ rule build_comet_tiny:
 
 rule download_comet:
     output:
-        directory("resources/hf/comet/{slug}"),
+        directory(paths.HUB_COMET),
     params:
         repo_id=lambda wildcards: config["evaluation"]["translation"]["comet_model"],
         encoder=config["evaluation"].get("translation", {}).get("comet_encoder", "FacebookAI/xlm-roberta-large"),
     log:
-        "results/logs/download_comet/{slug}.log",
+        job_files("download_comet", "{slug}")["log"],
     conda:
         ENV
     shell:
         "ebft download model --repo-id {params.repo_id} --encoder {params.encoder} --out {output} > {log} 2>&1"
-
-
-rule eval_translation:
-    input:
-        unpack(comet_input),
-        model=eval_model,
-        data="results/data/{task}/test.jsonl",
-    output:
-        "results/eval/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}/translation.json",
-    params:
-        model=eval_model_path,
-        spec=as_json(config["evaluation"].get("translation", {})),
-        comet=comet_flag,
-        meta=eval_meta,
-    log:
-        "results/logs/eval_translation/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.log",
-    benchmark:
-        "results/benchmarks/rules/eval_translation/{task}/{evalmethod}/{variant}/seed{seed}/{ckpt}.tsv"
-    threads: 1
-    conda:
-        ENV
-    shell:
-        "ebft --threads {threads} evaluate translation --model {params.model} --data {input.data} "
-        "{params.comet} --spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"

@@ -1,49 +1,37 @@
 # Tables and figures for report.html (`snakemake --report results/report.html`).
 # Categories: one per task (its tables, figures and per-run curves) plus "Overview" (all tasks in one figure).
+# Figure names and titles: ebft.paths.FIGURE_TITLES; each figure's caption is report/<name>.rst.
 
-from ebft.report.tables import report_meta
+from ebft.report.frames import report_meta
 
 
 localrules:
     aggregate,
 
 
-FIGURE_KINDS = {
-    "accuracy_vs_ce": ("accuracy vs validation CE", "../report/accuracy_vs_ce.rst"),
-    "cfm_by_length": ("CFM vs completion length", "../report/cfm_by_length.rst"),
-    "training_curves": ("metrics over training", "../report/training_curves.rst"),
-    "ablation": ("EBFT ablation bars", "../report/ablation.rst"),
-}
-
-
 def report_outputs():
     """Every artefact of rule aggregate with its report() annotation, by output name."""
     out = {}
     for task in TASKS:
-        out[f"table_{task}"] = report(f"results/tables/{task}.html", caption="../report/table_task.rst",
-                                      category=task, subcategory="tables",
-                                      labels={"artefact": "final models", "task": task})
-        out[f"ablation_table_{task}"] = report(f"results/tables/{task}_ablation.html",
-                                               caption="../report/table_ablation.rst", category=task,
-                                               subcategory="tables",
-                                               labels={"artefact": "EBFT ablation", "task": task})
-        out[f"csv_{task}"] = f"results/tables/{task}.csv"
-        out[f"ablation_csv_{task}"] = f"results/tables/{task}_ablation.csv"
-        for kind, (title, caption) in FIGURE_KINDS.items():
-            out[f"fig_{kind}_{task}"] = report(f"results/figures/{task}/{kind}.svg", caption=caption,
-                                               category=task, subcategory="figures",
-                                               labels={"artefact": title, "task": task})
+        for suffix, name, caption, artefact in (("", "table", "table_task", "final models"),
+                                                 ("_ablation", "ablation_table", "table_ablation", "EBFT ablation")):
+            out[f"{name}_{task}"] = report(fill(paths.TASK_TABLE, task=task, suffix=suffix, ext="html"),
+                                           caption=f"../report/{caption}.rst", category=task, subcategory="tables",
+                                           labels={"artefact": artefact, "task": task})
+            out[f"{name.replace('table', 'csv')}_{task}"] = fill(paths.TASK_TABLE, task=task, suffix=suffix, ext="csv")
+        for kind in paths.TASK_FIGURES:
+            out[f"fig_{kind}_{task}"] = report(fill(paths.TASK_FIGURE, task=task, name=kind),
+                                               caption=f"../report/{kind}.rst", category=task, subcategory="figures",
+                                               labels={"artefact": paths.FIGURE_TITLES[kind], "task": task})
     for run in RUNS:
-        name = f"{run.method}_{run.variant}_seed{run.seed}"
-        out[f"run_{run.task}_{name}"] = report(
-            f"results/figures/{run.task}/runs/{name}.svg", caption="../report/run_curves.rst",
-            category=run.task, subcategory="runs",
+        out[f"run_{run.task}_{run.method}_{run.variant}_seed{run.seed}"] = report(
+            fill(paths.RUN_FIGURE, task=run.task, method=run.method, variant=run.variant, seed=run.seed),
+            caption="../report/run_curves.rst", category=run.task, subcategory="runs",
             labels={"method": run.method, "variant": run.variant, "seed": str(run.seed)})
-    for kind, (title, caption) in {"validation_ce": ("validation CE", "../report/validation_ce.rst"),
-                                   **FIGURE_KINDS}.items():
-        out[kind] = report(f"results/figures/{kind}.svg", caption=caption, category="Overview",
-                           subcategory="figures (all tasks)", labels={"artefact": title})
-    out["summary"] = "results/tables/summary.csv"
+    for kind, title in paths.FIGURE_TITLES.items():
+        out[kind] = report(fill(paths.OVERVIEW_FIGURE, name=kind), caption=f"../report/{kind}.rst",
+                           category="Overview", subcategory="figures (all tasks)", labels={"artefact": title})
+    out["summary"] = paths.SUMMARY_TABLE
     return out
 
 
@@ -53,13 +41,15 @@ rule aggregate:
     output:
         **report_outputs(),
     params:
-        meta=as_json(report_meta(config, TRAINED_METHODS)),
+        meta=as_json(report_meta(config, METHODS)),
+        tables=paths.TABLES,
+        figures=paths.FIGURES,
     log:
-        "results/logs/aggregate.log",
+        job_files("aggregate")["log"],
     benchmark:
-        "results/benchmarks/rules/aggregate.tsv"
+        job_files("aggregate")["benchmark"]
     conda:
         ENV
     shell:
-        "python -m ebft.report --results {input} --tables results/tables --figures results/figures "
+        "python -m ebft.report --results {input} --tables {params.tables} --figures {params.figures} "
         "--meta {params.meta:q} > {log} 2>&1"

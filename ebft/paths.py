@@ -1,0 +1,88 @@
+"""Every file name the workflow declares, in one place: the Snakefiles, the CLI, the config module and the
+report all build their paths here.
+
+Templates are ``str.format`` patterns whose fields are Snakemake wildcards (``{task}``, ``{method}``,
+``{variant}``, ``{seed}``, ``{ckpt}``, ``{group}``, ``{model}``, ``{slug}``). :func:`fill` substitutes some
+fields and keeps the others as wildcards, so a rule declares ``fill(RUN_MODEL, method="sft")`` and a
+target is ``fill(RUN_MODEL, task="code_qa", method="sft", variant="default", seed=0)``.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+RESULTS = "results"
+RESOURCES = "resources/hf"
+
+# data and models
+DATA_DIR = "results/data/{task}"
+DATA_SPLIT = DATA_DIR + "/{split}.jsonl"
+DATA_MANIFEST = DATA_DIR + "/manifest.json"
+TOKENIZER = "results/tokenizer"
+PRETRAINED_RUN = "results/models/{model}"  #: run directory of a base model pretrained here
+PRETRAINED_MODEL = PRETRAINED_RUN + "/model"
+PRETRAINED_LOG = PRETRAINED_RUN + "/train_log.jsonl"
+HUB_MODEL = RESOURCES + "/models/{slug}"
+HUB_DATASET = RESOURCES + "/datasets/{slug}"
+HUB_COMET = RESOURCES + "/comet/{slug}"
+COMET_TINY = "results/models/comet-tiny"
+
+# training runs: one directory per (task, method, variant, seed)
+RUN = "results/runs/{task}/{method}/{variant}/seed{seed}"
+RUN_MODEL = RUN + "/model"
+RUN_CHECKPOINTS = RUN + "/checkpoints"  #: holds step<N>/ for every declared checkpoint step
+RUN_LOG = RUN + "/train_log.jsonl"
+
+# evaluation results: one JSON per (task, method, variant, seed, ckpt, group); method "base" has the model key
+# as variant; ckpt is "final" or "step<N>"
+EVAL_RESULT = "results/eval/{task}/{method}/{variant}/seed{seed}/{ckpt}/{group}.json"
+
+# tables and figures of the report
+TABLES = "results/tables"
+FIGURES = "results/figures"
+TASK_TABLE = TABLES + "/{task}{suffix}.{ext}"  #: suffix "" (final models) or "_ablation"
+SUMMARY_TABLE = TABLES + "/summary.csv"
+#: figure name -> title; every figure exists for all tasks together (FIGURES/{name}.svg) and, unless listed
+#: in OVERVIEW_ONLY, per task (FIGURES/{task}/{name}.svg). The report caption is workflow/report/{name}.rst.
+FIGURE_TITLES = {
+    "validation_ce": "validation CE",
+    "accuracy_vs_ce": "accuracy vs validation CE",
+    "cfm_by_length": "CFM vs completion length",
+    "training_curves": "metrics over training",
+    "ablation": "EBFT ablation bars",
+}
+OVERVIEW_ONLY = ("validation_ce",)
+TASK_FIGURES = tuple(name for name in FIGURE_TITLES if name not in OVERVIEW_ONLY)
+OVERVIEW_FIGURE = FIGURES + "/{name}.svg"
+TASK_FIGURE = FIGURES + "/{task}/{name}.svg"
+RUN_FIGURE = FIGURES + "/{task}/runs/{method}_{variant}_seed{seed}.svg"
+
+# job logs and Snakemake benchmark files
+LOGS = "results/logs"
+RULE_BENCHMARKS = "results/benchmarks/rules"
+
+
+class _Keep(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def fill(template: str, **fields: Any) -> str:
+    """``template`` with the given fields substituted and every other field left as ``{name}``."""
+    return string.Formatter().vformat(template, (), _Keep(fields))
+
+
+def fields_of(template: str) -> list[str]:
+    """The field names of a template, in order (``RUN`` -> ``['task', 'method', 'variant', 'seed']``)."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def job_file(root: str, rule: str, wildcards: str, ext: str) -> str:
+    """Log (``root`` = LOGS) or benchmark file (RULE_BENCHMARKS) of a job: ``{root}/{rule}/{wildcards}.{ext}``."""
+    return f"{root}/{rule}/{wildcards}.{ext}" if wildcards else f"{root}/{rule}.{ext}"
+
+
+def slug(repo_id: str) -> str:
+    """``Qwen/Qwen2.5-1.5B`` -> ``Qwen--Qwen2.5-1.5B`` (no slash, safe as a wildcard value)."""
+    return repo_id.replace("/", "--")

@@ -1,0 +1,97 @@
+"""One training job: the base model's pretraining (tiny default) or a fine-tuning run of a registered method.
+
+``ebft train`` and ``ebft pretrain`` call these functions; everything that differs between methods comes from
+the method registry (:mod:`ebft.methods`): the typed config, the objective and what a training item is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ebft.config import TrainConfig
+from ebft.data.jsonl import interleave, read_jsonl, read_records
+from ebft.methods import TrainJob, get_method
+
+log = logging.getLogger(__name__)
+
+
+class RecordDataset:
+    """Map-style dataset of JSON records (the prompts of methods whose ``inputs`` are ``prompts``)."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.records[i]
+
+
+def collate_records(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A micro-batch of prompts: ``{"records": [record, ...]}``."""
+    return {"records": rows}
+
+
+def train_tokenizer(data: list[str], vocab_size: int, max_chars: int, out: str | Path) -> int:
+    """Train the tiny default's byte-level BPE on question + answer texts of ``data`` (interleaved, so the
+    character budget samples every corpus); returns the vocabulary size."""
+    from ebft.tokenizer import limited, train_bpe
+
+    texts = (r.get("question", "") + r["answer"] for r in interleave([read_jsonl(p) for p in data]))
+    return len(train_bpe(limited(texts, max_chars), vocab_size, out))
+
+
+def pretrain(tokenizer: str | Path, data: list[str], spec: Mapping[str, Any], out: str | Path) -> dict[str, Any]:
+    """Pretrain a tiny causal LM from scratch on unstructured packing of every corpus (``models.<name>``
+    section ``spec``: architecture and ``pretrain`` settings); writes ``<out>/model`` and the training log."""
+    from ebft.data.packing import pack_records
+    from ebft.methods.sft import SFTObjective
+    from ebft.modeling import build_tiny_model, count_parameters, load_tokenizer
+    from ebft.trainer import Trainer
+
+    tok = load_tokenizer(tokenizer)
+    records = interleave([read_jsonl(p) for p in data])
+    pt = spec["pretrain"]
+    packed = pack_records(records, tok, pt["seq_len"], "unstructured")
+    model = build_tiny_model(dict(spec), tok, seed=pt.get("seed", 0))
+    log.info("pretraining %s (%d parameters) on %d chunks x %d tokens", spec.get("architecture"),
+             count_parameters(model), len(packed), pt["seq_len"])
+    cfg = TrainConfig.from_dict({**pt, "micro_batch_size": pt.get("micro_batch_size", pt["batch_size"])})
+    return Trainer(cfg, out, fingerprint_extra={"spec": dict(spec)}).fit(model, tok, packed, SFTObjective())
+
+
+def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | Path, out: str | Path) -> dict[str, Any]:
+    """Fine-tune ``job.init`` with ``method`` on ``<data_dir>/train.jsonl``; ``spec`` is the resolved variant
+    (optimisation keys for :class:`TrainConfig`, the method's keys for its typed config). Resumes from
+    ``<out>/resume`` when its fingerprint matches; returns the trainer's summary."""
+    from ebft.data.packing import pack_records
+    from ebft.modeling import load_model, load_tokenizer
+    from ebft.slurm import check_visible_gpus, expected_gpus
+    from ebft.trainer import Trainer
+
+    check_visible_gpus(expected_gpus())  # a Slurm job given N GPUs must see N (plugin issues #316, #459)
+    entry = get_method(method)
+    kind = job.task_spec["kind"]
+    if not entry.trains_on(kind):
+        raise ValueError(f"{method} needs a verifiable reward; task {job.task} of kind {kind!r} has none")
+    cfg = TrainConfig.from_dict(dict(spec), seed=job.seed, seq_len=job.task_spec["seq_len"])
+    method_cfg = entry.config(spec, f"methods.{method}")
+    tok = load_tokenizer(job.init)
+    model = load_model(job.init)
+    train_rows = read_records([Path(data_dir) / "train.jsonl"])
+    objective = entry.build(method_cfg, job)
+    collate = None
+    if entry.inputs == "prompts":
+        dataset, collate = RecordDataset(train_rows), collate_records
+    else:
+        dataset = pack_records(train_rows, tok, cfg.seq_len, kind)
+    log.info("training %s on %s: %d training items", method, job.task, len(dataset))
+    extra = {"method": method, "task": dict(job.task_spec), "init": str(job.init), "spec": dict(spec),
+             "feature_model": str(job.feature_model)}
+    summary = Trainer(cfg, out, fingerprint_extra=extra).fit(model, tok, dataset, objective, collate_fn=collate)
+    log.info("done: %s", summary)
+    return summary

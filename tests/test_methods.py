@@ -1,0 +1,97 @@
+"""The method and evaluation registries: every list of methods and evaluations follows from them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ebft import cli, paths
+from ebft.config import ConfigError, TrainConfig, eval_plan, run_grid
+from ebft.evaluation import EVALUATIONS
+from ebft.evaluation.jobs import RUNNERS
+from ebft.evaluation.results import SCHEMA
+from ebft.methods import METHODS, REGISTRY, get_method
+from ebft.methods.ebft import EBFTConfig
+from ebft.methods.rlvr import RLVRConfig
+from ebft.report.frames import METHOD_COLOURS, METHOD_ORDER, ROW_KINDS
+
+ROOT = Path(__file__).resolve().parents[1]
+#: keys of a method section that belong to the workflow, not to TrainConfig or the method's config
+WORKFLOW_KEYS = {"init", "base_model", "tasks"}
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+@pytest.mark.parametrize("config", ["config.yaml", "paper.yaml"])
+def test_every_run_builds_its_typed_configs(config):
+    cfg = load(config)
+    runs = run_grid(cfg)
+    assert {r.method for r in runs} == set(METHODS)
+    for run in runs:
+        method_cfg = get_method(run.method).config(run.params, f"methods.{run.method} variant {run.variant!r}")
+        assert isinstance(method_cfg, get_method(run.method).config_class)
+        TrainConfig.from_dict(run.params, seed=run.seed)
+        for f in dataclasses.fields(method_cfg):  # every key the variant sets reaches the typed config
+            if f.name in run.params:
+                assert getattr(method_cfg, f.name) == run.params[f.name], (run, f.name)
+
+
+def test_schema_method_keys_are_exactly_the_typed_config_fields():
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "seq_len"}
+    assert set(schema["properties"]["methods"]["properties"]) == set(METHODS)
+    for name in METHODS:
+        keys = set(schema["$defs"][f"{name}_params"]["properties"])
+        own = {f.name for f in dataclasses.fields(get_method(name).config_class)}
+        assert keys == train_fields | own | WORKFLOW_KEYS, name
+
+
+def test_typed_configs_name_the_bad_key():
+    with pytest.raises(ConfigError, match=r"methods\.ebft variant 'x': temperature must be > 0"):
+        get_method("ebft").config({"temperature": 0.0}, "methods.ebft variant 'x'")
+    with pytest.raises(ConfigError, match="clip_eps must be in"):
+        RLVRConfig.from_dict({"clip_eps": 1.5})
+    with pytest.raises(ConfigError, match="advantage must be rloo or grpo"):
+        RLVRConfig(advantage="ppo").check()
+    cfg = EBFTConfig.from_dict({"num_samples": 8, "lr": 1e-3, "whitening": False, "init": "sft"})
+    assert (cfg.num_samples, cfg.whitening, cfg.temperature) == (8, False, 1.0)
+    assert EBFTConfig.coerce(cfg) is cfg
+
+
+def test_registry_feeds_every_list():
+    assert ["base", *METHODS] == METHOD_ORDER
+    assert set(METHOD_COLOURS) == {"base", *METHODS}
+    assert all(ROW_KINDS[m] == REGISTRY[m].label for m in METHODS)
+    assert SCHEMA["properties"]["method"]["enum"] == ["base", *METHODS]
+    train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    assert next(a for a in train._actions if a.dest == "method").choices == METHODS
+    with pytest.raises(KeyError, match="unknown method 'ppo'"):
+        get_method("ppo")
+
+
+def test_evaluation_registry_feeds_the_plan_the_cli_and_the_runners():
+    assert set(RUNNERS) == set(EVALUATIONS)
+    evaluate = cli.build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    commands = evaluate._subparsers._group_actions[0].choices
+    assert set(commands) == {e.command for e in EVALUATIONS.values()}
+    cfg = load("config.yaml")
+    jobs = eval_plan(cfg, run_grid(cfg))
+    assert {j.group for j in jobs} == {g for t in cfg["tasks"].values()
+                                       for g in [*(g for g, e in EVALUATIONS.items() if e.universal),
+                                                 *t.get("evaluations", [])]}
+    assert all(j.path == paths.fill(paths.EVAL_RESULT, **dataclasses.asdict(j)) for j in jobs)
+    assert EVALUATIONS["cfm_by_length"].settings({"cfm": {"num_samples": 4, "max_chunks": 8},
+                                                  "cfm_by_length": {"max_chunks": 2}}) == {"num_samples": 4,
+                                                                                           "max_chunks": 2}
+
+
+def test_path_templates_fill_some_fields_and_keep_the_others():
+    assert paths.fill(paths.RUN_MODEL, method="sft") == "results/runs/{task}/sft/{variant}/seed{seed}/model"
+    assert paths.fill(paths.RUN, task="t", method="m", variant="v", seed=3) == "results/runs/t/m/v/seed3"
+    assert paths.fields_of(paths.RUN) == ["task", "method", "variant", "seed"]
+    assert paths.slug("Qwen/Qwen2.5-1.5B") == "Qwen--Qwen2.5-1.5B"
