@@ -199,15 +199,15 @@ def bench_sampler(g: dict[str, Any], repeats: int) -> dict[str, Any]:
     C, s, G, n = g["C"], g["s"], g["G"], g["n"]
     layout = StridedLayout(g["L"], C, s, G)
     S = layout.total_len
-    kw = dict(context_len=C, stride=s, gen_len=G, num_samples=n, temperature=0.0)
+    kw = dict(num_samples=n, temperature=0.0)
     floor_ids = chunks(g, g["vocab"], L=S, B=g["B"] * n, seed=1)
     out: dict[str, torch.Tensor] = {}
 
     def ours() -> None:
-        out["ours"] = strided_generate(model, ids, **kw)
+        out["ours"] = strided_generate(model, ids, layout, **kw)
 
     def recompute() -> None:
-        out["recompute"] = strided_generate_recompute(model, ids, **kw)
+        out["recompute"] = strided_generate_recompute(model, ids, layout, **kw)
 
     def generate() -> None:
         out["generate"] = per_prefix_generate(model, ids, C, s, G, n)
@@ -247,7 +247,7 @@ def bench_sampler(g: dict[str, Any], repeats: int) -> dict[str, Any]:
 def bench_step(g: dict[str, Any], repeats: int) -> dict[str, Any]:
     from ebft.objectives import EBFTObjective, SFTObjective
     from ebft.rewards import alignment, block_to_token_advantages, cfm_loss, diversity, rloo_advantages
-    from ebft.strided import strided_logprobs, strided_sample
+    from ebft.strided import StridedLayout, strided_logprobs, strided_sample
 
     policy = tiny_qwen2(g, seed=0).train()
     ids = chunks(g, g["vocab"])
@@ -277,15 +277,15 @@ def bench_step(g: dict[str, Any], repeats: int) -> dict[str, Any]:
 
     # phase breakdown of the shared EBFT step (the phases of EBFTObjective.compute_loss, timed one by one)
     obj = objs[True]
-    geom = {"context_len": g["C"], "stride": g["s"]}
+    layout = StridedLayout(g["L"], g["C"], g["s"], g["G"])
     phases: dict[str, list[float]] = {"sampling": [], "features": [], "reward_maths": [], "policy_fwd_bwd": []}
     for _ in range(max(1, repeats)):
         policy.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        sample = strided_sample(policy, ids, gen_len=g["G"], num_samples=g["n"], temperature=0.6,
-                                generator=torch.Generator().manual_seed(0), **geom)
+        sample = strided_sample(policy, ids, layout, num_samples=g["n"], temperature=0.6,
+                                generator=torch.Generator().manual_seed(0))
         t1 = time.perf_counter()
-        feats = obj.features(ids, sample.tokens, **geom)
+        feats = obj.features(ids, sample.tokens, layout)
         t2 = time.perf_counter()
         phi, psi = feats.reward_inputs(whitened=True)
         a, d = alignment(phi, psi), diversity(phi)
@@ -294,7 +294,7 @@ def bench_step(g: dict[str, Any], repeats: int) -> dict[str, Any]:
         raw_phi, raw_psi = feats.reward_inputs(whitened=False)
         cfm_loss(raw_phi, raw_psi).mean()
         t3 = time.perf_counter()
-        gen_lp, chunk_lp = strided_logprobs(policy, ids, sample.tokens, temperature=0.6, share_chunk=True, **geom)
+        gen_lp, chunk_lp = strided_logprobs(policy, ids, sample.tokens, layout, temperature=0.6, share_chunk=True)
         loss = -(token_adv * gen_lp).mean() - 0.03 * chunk_lp.mean()
         loss.backward()
         t4 = time.perf_counter()
@@ -303,7 +303,7 @@ def bench_step(g: dict[str, Any], repeats: int) -> dict[str, Any]:
     breakdown = {k: med(v) for k, v in phases.items()}
     # the same breakdown expressed in SFT steps
     breakdown_vs_sft = {k: round(v / m["sft"], 3) for k, v in breakdown.items()}
-    L, n, K, G = g["L"], g["n"], (g["L"] - g["G"] - g["C"]) // g["s"] + 1, g["G"]
+    L, n, K, G = g["L"], g["n"], layout.num_blocks, g["G"]
     return {
         "geometry": {"B": g["B"], "n": n, "L": L, "C": g["C"], "s": g["s"], "G": G, "K": K},
         "times_s": times,
@@ -334,7 +334,6 @@ def bench_scoring(g: dict[str, Any], repeats: int) -> dict[str, Any]:
     K, G = layout.num_blocks, layout.gen_len
     gen = torch.randint(0, V, (ids.shape[0], n, K, G), generator=torch.Generator().manual_seed(3))
     rows = ids.shape[0] * n * layout.total_len
-    geom = {"context_len": g["C"], "stride": g["s"]}
 
     def full_logits() -> None:
         seq = build_strided_sequence(ids, gen)
@@ -347,7 +346,7 @@ def bench_scoring(g: dict[str, Any], repeats: int) -> dict[str, Any]:
 
     def chunked(size: int, share: bool) -> Callable[[], None]:
         def fn() -> None:
-            gl, cl = strided_logprobs(model, ids, gen, logits_chunk_size=size, share_chunk=share, **geom)
+            gl, cl = strided_logprobs(model, ids, gen, layout, logits_chunk_size=size, share_chunk=share)
             (-(gl.mean()) - cl.mean()).backward()
         return fn
 

@@ -80,38 +80,39 @@ Deliberate deviations:
 * normalisation and pooling run in float32 (the reference normalises in the model dtype, bf16, and casts
   the result to float32), so bf16 models give slightly more accurate features;
 * ``share_chunk=True`` (opt-in) computes the chunk once per chunk instead of once per replica: a causal
-  prefill of ``x`` (KV cache, replicated over the ``n`` samples) followed by the ``G*K`` generated tokens
-  with the generated rows of the strided mask, fed in :data:`FEATURE_BLOCK_GROUPS` groups of consecutive
-  blocks that each attend only the chunk positions their longest prefix can see. Same features up to float round-off
-  (tested), ``B*L + B*n*G*K`` instead of ``B*n*(L + G*K)`` token positions.
+  prefill of ``x`` (:func:`ebft.strided.prefill_chunk`, ground-truth features and a KV cache) followed by
+  the ``G*K`` generated tokens of every sample against that cache
+  (:func:`ebft.strided.forward_block_groups`: the generated rows of the strided mask, in groups of
+  consecutive blocks that each attend only the chunk positions their longest prefix can see). Same features
+  up to float round-off (tested), ``B*L + B*n*G*K`` instead of ``B*n*(L + G*K)`` token positions.
 
 The feature network is frozen: :class:`FeatureNetwork` puts the model in eval mode, sets
 ``requires_grad=False`` and always runs under ``torch.no_grad``; it must never be wrapped by DDP/FSDP (it
 has no trainable parameters). :func:`compute_features` on a bare model runs it in eval mode and restores
-the caller's ``training`` flag afterwards.
+the caller's ``training`` flag afterwards. The settings of a feature computation (layer selection, pooling,
+normalisation, whitening, batching) are one :class:`FeatureConfig`, held by :class:`FeatureNetwork`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebft.modeling import backbone, model_device, model_dtype
 from ebft.strided import (
+    RunBody,
     StridedLayout,
-    _block_group_inputs,
-    _cache_kwarg,
-    _model_dtype,
-    _new_cache,
-    additive_mask,
-    block_groups,
     build_strided_mask_and_positions,
     build_strided_sequence,
+    forward_block_groups,
+    prefill_chunk,
+    resolve_layout,
 )
 from ebft.whitening import whiten as whiten_groups
 
@@ -120,6 +121,7 @@ __all__ = [
     "HIDDEN_STATE_METHODS",
     "NORMALIZATIONS",
     "NORM_EPS",
+    "FeatureConfig",
     "FeatureNetwork",
     "Features",
     "LayerSelection",
@@ -154,9 +156,6 @@ HIDDEN_STATE_METHODS: tuple[str, ...] = (
     "stack_layers_<a>_<b>_...",
 )
 """Layer-selection methods of spec 3.3 (``<i>`` are indices into ``hidden_states``, 0 … N)."""
-
-FEATURE_BLOCK_GROUPS: int = 4
-"""``share_chunk`` feeds the generated tokens in this many groups of consecutive blocks (less masked attention)."""
 
 NORM_EPS: float = 1e-12
 """Norm floor of the per-token / per-block L2 normalisation (``F.normalize``); a zero vector stays zero."""
@@ -270,7 +269,7 @@ def num_hidden_layers(model: nn.Module) -> int:
         value = getattr(cfg, "num_hidden_layers", None)
         if isinstance(value, int) and value > 0:
             return value
-    layers = getattr(_backbone(model), "layers", None)
+    layers = getattr(backbone(model), "layers", None)
     if layers is not None:
         return len(layers)
     raise ValueError("cannot determine the number of layers of the feature model")
@@ -443,308 +442,263 @@ class Features:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Settings of a feature computation (held by :class:`FeatureNetwork`, taken by :func:`compute_features`).
+
+    Attributes:
+        hidden_state_method: layer selection, see :func:`resolve_hidden_state_method` (default ``concat``,
+            all paper configs); resolved against the model's layer count at use.
+        embed_method: block pooling: ``last_token`` (default; code configs) | ``mean_pooling`` (translation) |
+            ``concat`` | ``token`` (see :func:`pool_blocks`).
+        normalization: per-token normalisation: ``joint`` (reference) | ``per_layer`` | ``none`` (see
+            :func:`token_features`).
+        renormalize_blocks: L2-normalise pooled block features (per group) before whitening.
+        whiten: also return sample-space whitened features (:func:`whiten_block_features`).
+        micro_batch_size: sequences (rows of the ``[B*n, S]`` batch) per forward; ``None`` = all at once. With
+            ``share_chunk`` a forward holds ``max(1, micro_batch_size // n)`` whole chunks.
+        share_chunk: compute each chunk once (KV-cached prefill) instead of once per replica.
+        whiten_kwargs: extra arguments of :func:`ebft.whitening.whiten` (``rel_cutoff``, ``eps``,
+            ``compute_dtype``); copied on construction.
+
+    Raises:
+        ValueError: for an unknown ``embed_method`` or ``normalization`` or a ``micro_batch_size < 1``.
+    """
+
+    hidden_state_method: str | LayerSelection = "concat"
+    embed_method: EmbedMethod = "last_token"
+    normalization: Normalization = "joint"
+    renormalize_blocks: bool = False
+    whiten: bool = False
+    micro_batch_size: int | None = None
+    share_chunk: bool = False
+    whiten_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        _check_embed_method(self.embed_method)
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or None, got {self.micro_batch_size}")
+        object.__setattr__(self, "whiten_kwargs", dict(self.whiten_kwargs or {}))
+
+    def with_overrides(self, **overrides: Any) -> FeatureConfig:
+        """A copy with the given fields replaced (``self`` when there are none)."""
+        return replace(self, **overrides) if overrides else self
+
+
+# --------------------------------------------------------------------------------------------------------
 # Forward passes
 # --------------------------------------------------------------------------------------------------------
 
 
-def _backbone(model: nn.Module) -> nn.Module:
-    """The base transformer (``model.base_model``: ``model.model`` for a causal LM, the model itself for an
-    ``AutoModel``), so that no vocabulary logits are computed."""
-    return getattr(model, "base_model", model)
-
-
-def _model_device(model: nn.Module, default: torch.device) -> torch.device:
-    param = next(model.parameters(), None)
-    return default if param is None else param.device
-
-
-def _hidden_states(backbone: nn.Module, layers: Sequence[int], **kwargs: object) -> Sequence[Tensor | None]:
-    """Forward of the base transformer keeping only ``layers`` of ``hidden_states`` (HF >= 5.24 accepts a list
-    of indices; older versions return them all, which indexes the same way)."""
-    out = backbone(output_hidden_states=sorted(set(layers)), **kwargs)
-    hidden = out.hidden_states
-    if hidden is None or any(i >= len(hidden) or hidden[i] is None for i in layers):
-        raise RuntimeError(f"the feature model did not return hidden states {sorted(set(layers))}")
-    return hidden
-
-
-def _gather(hidden: Sequence[Tensor | None], layers: Sequence[int], rows: Tensor | None, cols: Tensor) -> list:
-    """``hidden[i][rows][:, cols]`` for every selected layer, as a list indexable by layer index."""
-    picked: list[Tensor | None] = [None] * (max(layers) + 1)
-    for i in set(layers):
-        h = hidden[i]
-        assert h is not None
-        if rows is not None:
-            h = h.index_select(0, rows)
-        picked[i] = h.index_select(1, cols)
-    return picked
-
-
 @dataclass(frozen=True)
-class _Settings:
+class _Plan:
+    """What every forward pass of one :func:`compute_features` call shares.
+
+    ``gt_cols [K*G]``: chunk index ``C + k*s + t`` of every window token, block-major;
+    ``window_mask [B, K, G]``: the answer mask of those positions (``None`` without ``answer_mask``).
+    """
+
+    config: FeatureConfig
     selection: LayerSelection
-    embed_method: EmbedMethod
-    normalization: Normalization
-    renormalize_blocks: bool
+    layout: StridedLayout
+    gt_cols: Tensor
+    window_mask: Tensor | None
+
+    @property
+    def layers(self) -> list[int]:
+        """The distinct hidden-state indices to compute, ascending."""
+        return sorted(set(self.selection.layers))
+
+    def run(self, body: nn.Module) -> RunBody:
+        """Forward of the transformer ``body`` returning the selected hidden states (in :attr:`layers` order).
+
+        HF >= 5.24 accepts a list of indices for ``output_hidden_states``; older versions return them all,
+        which indexes the same way.
+        """
+
+        def run(**kwargs: object) -> list[Tensor]:
+            hidden = body(output_hidden_states=self.layers, **kwargs).hidden_states
+            if hidden is None or any(i >= len(hidden) or hidden[i] is None for i in self.layers):
+                raise RuntimeError(f"the feature model did not return hidden states {self.layers}")
+            return [hidden[i] for i in self.layers]
+
+        return run
+
+    def mask_of(self, chunks: Tensor | slice, repeat: int = 1) -> Tensor | None:
+        """Window mask ``[R, K, G]`` of the chunks ``chunks`` (indices or a slice), each row repeated
+        ``repeat`` times (``n`` for the sample rows of those chunks); ``None`` without an answer mask."""
+        if self.window_mask is None:
+            return None
+        mask = self.window_mask[chunks]
+        return mask.repeat_interleave(repeat, dim=0) if repeat > 1 else mask
+
+    def pool(self, states: Sequence[Tensor], window_mask: Tensor | None) -> Tensor:
+        """Features of the window tokens: ``states`` (in :attr:`layers` order) each ``[R, K*G, H]``
+        (block-major) -> pooled ``[R, K, NF, D_g]`` (``token``: ``[R, K, G, NF, D_g]``)."""
+        by_layer: list[Tensor | None] = [None] * (max(self.layers) + 1)
+        for i, h in zip(self.layers, states, strict=True):
+            by_layer[i] = h
+        feats = token_features(by_layer, self.selection, normalization=self.config.normalization)
+        feats = feats.unflatten(1, (self.layout.num_blocks, self.layout.gen_len))  # [R, K, G, NF, D_g]
+        return pool_blocks(
+            feats, self.config.embed_method, window_mask, renormalize=self.config.renormalize_blocks
+        )
 
 
-def _pooled(
-    hidden: Sequence[Tensor | None],
-    rows: Tensor | None,
-    cols: Tensor,
-    window_mask: Tensor | None,
-    layout: StridedLayout,
-    settings: _Settings,
-) -> Tensor:
-    """Gather token positions ``cols`` (block-major ``K*G``) of ``rows``, build features and pool them."""
-    K, G = layout.num_blocks, layout.gen_len
-    picked = _gather(hidden, settings.selection.layers, rows, cols)
-    feats = token_features(picked, settings.selection, normalization=settings.normalization)  # [R, K*G, NF, D]
-    feats = feats.unflatten(1, (K, G))
-    return pool_blocks(feats, settings.embed_method, window_mask, renormalize=settings.renormalize_blocks)
+def _full_sequence_pass(
+    body: nn.Module, input_ids: Tensor, generated: Tensor, plan: _Plan
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Every replica of a chunk computed in full: strided forwards over ``[x | ŷ]`` (``[B*n, S]``),
+    ``micro_batch_size`` rows at a time.
 
-
-def _full_pass(
-    backbone: nn.Module,
-    sequences: Tensor,
-    chunk_rows: Tensor,
-    mask: Tensor,
-    positions: Tensor,
-    windows: tuple[Tensor, Tensor],
-    window_mask: tuple[Tensor | None, Tensor | None],
-    layout: StridedLayout,
-    settings: _Settings,
-) -> tuple[Tensor, Tensor]:
-    """One strided forward over ``sequences [R, S]``: pooled sample features of every row and ground-truth
-    features of the rows ``chunk_rows`` (local indices of first replicas)."""
-    R = sequences.shape[0]
-    hidden = _hidden_states(
-        backbone,
-        settings.selection.layers,
-        input_ids=sequences,
-        attention_mask=mask,
-        position_ids=positions.expand(R, -1),
-        use_cache=False,
-    )
-    gt_cols, gen_cols = windows
-    gt_mask, gen_mask = window_mask
-    samples = _pooled(hidden, None, gen_cols, gen_mask, layout, settings)
-    gt = _pooled(hidden, chunk_rows, gt_cols, gt_mask, layout, settings) if chunk_rows.numel() else None
-    return gt, samples
+    Sample features pool the generated rows ``L + t*K + k`` of every row; ground-truth features pool the chunk
+    rows ``C + k*s + t`` of the first replica of each chunk. Returns the per-micro-batch pieces of
+    ``gt [B, K, ...]`` and ``samples [B*n, K, ...]``.
+    """
+    B, n = generated.shape[:2]
+    device = input_ids.device
+    layout = plan.layout
+    gen_cols = layout.generated_slots(device).reshape(-1)  # [K*G] block-major, L + t*K + k
+    sequences = build_strided_sequence(input_ids, generated)  # [B*n, S]
+    mask, positions = build_strided_mask_and_positions(layout, layout.gen_len, dtype=model_dtype(body), device=device)
+    step = B * n if plan.config.micro_batch_size is None else plan.config.micro_batch_size
+    run = plan.run(body)
+    gts: list[Tensor] = []
+    samples: list[Tensor] = []
+    for r0 in range(0, B * n, step):
+        r1 = min(B * n, r0 + step)
+        rows = torch.arange(r0, r1, device=device)
+        first = rows[rows % n == 0]  # first replicas, global row indices
+        hidden = run(
+            input_ids=sequences[r0:r1], attention_mask=mask, position_ids=positions.expand(r1 - r0, -1),
+            use_cache=False,
+        )  # each [R, S, H]
+        samples.append(plan.pool([h.index_select(1, gen_cols) for h in hidden], plan.mask_of(rows // n)))
+        if first.numel():
+            gt_states = [h.index_select(0, first - r0).index_select(1, plan.gt_cols) for h in hidden]
+            gts.append(plan.pool(gt_states, plan.mask_of(first // n)))
+    return gts, samples
 
 
 def _shared_chunk_pass(
-    backbone: nn.Module,
-    chunks: Tensor,
-    generated: Tensor,
-    windows: tuple[Tensor, Tensor],
-    window_mask: tuple[Tensor | None, Tensor | None],
-    layout: StridedLayout,
-    settings: _Settings,
-) -> tuple[Tensor, Tensor]:
-    """Chunk computed once: causal prefill of ``chunks [b, L]`` (ground truth + KV cache), cache replicated
-    over the ``n`` samples, then the ``G*K`` generated tokens of ``generated [b, n, K, G]`` in groups of
-    consecutive blocks (:data:`FEATURE_BLOCK_GROUPS` forwards)."""
-    b, n, K, G = generated.shape
-    cache = _new_cache(backbone)
-    cache_kw = _cache_kwarg(backbone)
-    hidden = _hidden_states(backbone, settings.selection.layers, input_ids=chunks, use_cache=True, **{cache_kw: cache})
-    gt_cols, gen_cols = windows
-    gt_mask, gen_mask = window_mask
-    gt = _pooled(hidden, None, gt_cols, gt_mask, layout, settings)
-    del hidden
-    # generated tokens in groups of consecutive blocks, each against only the chunk keys its longest prefix
-    # can see (see ebft.strided._block_group_inputs); the outputs are put back in step-major order t*K + k
-    prefix_layers = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[attr-defined]
-    del cache
-    layers = sorted(set(settings.selection.layers))
-    parts: dict[int, list[Tensor]] = {i: [] for i in layers}
-    dtype = _model_dtype(backbone)
-    for k0, k1 in block_groups(K, FEATURE_BLOCK_GROUPS):
-        Kg = k1 - k0
-        group_cache, allowed, positions = _block_group_inputs(backbone, prefix_layers, layout, k0, k1, G, n)
-        tokens = generated[:, :, k0:k1].reshape(b * n, Kg, G).transpose(1, 2).reshape(b * n, G * Kg)
-        hidden = _hidden_states(
-            backbone,
-            layers,
-            input_ids=tokens.to(chunks.dtype),
-            attention_mask=additive_mask(allowed, dtype)[None, None],
-            position_ids=positions[None].expand(b * n, -1),
-            use_cache=True,
-            **{cache_kw: group_cache},
-        )
-        for i in layers:
-            parts[i].append(hidden[i].unflatten(1, (G, Kg)))  # [b*n, G, Kg, H]
-        del hidden, group_cache
-    full: list[Tensor | None] = [None] * (max(layers) + 1)
-    for i in layers:
-        full[i] = torch.cat(parts[i], dim=2).flatten(1, 2)  # [b*n, G*K, H], index t*K + k
-    samples = _pooled(full, None, gen_cols - layout.seq_len, gen_mask, layout, settings)
-    return gt, samples
+    body: nn.Module, input_ids: Tensor, generated: Tensor, plan: _Plan
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Each chunk computed once: :func:`ebft.strided.prefill_chunk` over ``x`` (ground-truth features and a
+    KV cache), then the ``G*K`` generated tokens of its ``n`` samples against that cache
+    (:func:`ebft.strided.forward_block_groups`), ``max(1, micro_batch_size // n)`` chunks at a time.
 
-
-def _resolve_layout(
-    input_ids: Tensor,
-    generated: Tensor,
-    layout: StridedLayout | None,
-    context_len: int | None,
-    stride: int | None,
-) -> StridedLayout:
-    if input_ids.dim() != 2 or generated.dim() != 4 or generated.shape[0] != input_ids.shape[0]:
-        raise ValueError(
-            f"expected input_ids [B, L] and generated [B, n, K, G], got {tuple(input_ids.shape)} and "
-            f"{tuple(generated.shape)}"
-        )
-    L, G = input_ids.shape[1], generated.shape[-1]
-    if layout is None:
-        if context_len is None or stride is None:
-            raise ValueError("give either layout or both context_len and stride")
-        layout = StridedLayout(L, context_len, stride, G)
-    elif context_len is not None or stride is not None:
-        raise ValueError("give either layout or (context_len, stride), not both")
-    if layout.seq_len != L or layout.gen_len != G or layout.num_blocks != generated.shape[2]:
-        raise ValueError(
-            f"layout {layout} (K={layout.num_blocks}) does not match input_ids {tuple(input_ids.shape)} and "
-            f"generated {tuple(generated.shape)}"
-        )
-    return layout
+    Returns the per-pass pieces of ``gt [B, K, ...]`` and ``samples [B*n, K, ...]``.
+    """
+    B, n = generated.shape[:2]
+    chunks_per_pass = B if plan.config.micro_batch_size is None else max(1, plan.config.micro_batch_size // n)
+    run = plan.run(body)
+    gts: list[Tensor] = []
+    samples: list[Tensor] = []
+    for b0 in range(0, B, chunks_per_pass):
+        chunks = slice(b0, min(B, b0 + chunks_per_pass))
+        hidden, cache = prefill_chunk(body, input_ids[chunks], run)  # each [b, L, H]
+        gts.append(plan.pool([h.index_select(1, plan.gt_cols) for h in hidden], plan.mask_of(chunks)))
+        del hidden
+        gen = forward_block_groups(body, cache, generated[chunks], plan.layout, steps=plan.layout.gen_len, run=run)
+        del cache  # each gen [b*n, K, G, H], block-major
+        samples.append(plan.pool([h.flatten(1, 2) for h in gen], plan.mask_of(chunks, repeat=n)))
+    return gts, samples
 
 
 def compute_features(
     feature_model: nn.Module,
     input_ids: Tensor,
     generated: Tensor,
-    *,
     layout: StridedLayout | None = None,
+    config: FeatureConfig | None = None,
+    *,
     context_len: int | None = None,
     stride: int | None = None,
-    hidden_state_method: str | LayerSelection = "concat",
-    embed_method: EmbedMethod = "last_token",
-    whiten: bool = False,
-    micro_batch_size: int | None = None,
     answer_mask: Tensor | None = None,
-    normalization: Normalization = "joint",
-    renormalize_blocks: bool = False,
-    share_chunk: bool = False,
-    whiten_kwargs: dict | None = None,
+    **overrides: Any,
 ) -> Features:
-    """Ground-truth and sample features of strided rollouts with the frozen feature network (spec 3).
+    """Ground-truth and sample features of strided rollouts with the frozen feature network.
+
+    For block ``k`` of chunk ``b``: ``psi_{b,k} = pool_t z(c_k || y_k[:t+1])`` and
+    ``phi_{b,i,k} = pool_t z(c_k || ŷ_{i,k}[:t+1])`` (``t < G``), ``z`` the per-token feature of
+    :func:`token_features` and ``pool`` that of :func:`pool_blocks`; then optional whitening over the ``n``
+    samples (see the module docstring).
 
     Args:
-        feature_model: a HF causal LM (its ``base_model`` is run, so no logits are computed), a base
-            ``AutoModel``, or a :class:`FeatureNetwork` (whose settings are then *not* used: the keyword
-            arguments here apply). Run in eval mode under ``torch.no_grad``; the caller's ``training`` flag is
-            restored afterwards. Must accept 4D additive masks (eager / sdpa attention, not FlashAttention-2).
+        feature_model: a HF causal LM (its backbone is run, so no logits are computed), a base ``AutoModel``,
+            or a :class:`FeatureNetwork` (only its model is used: the settings are ``config``). Run in eval
+            mode under ``torch.no_grad``; the caller's ``training`` flag is restored afterwards. Must accept
+            4D additive masks (eager / sdpa attention, not FlashAttention-2).
         input_ids: ``LongTensor[B, L]`` chunks.
         generated: ``LongTensor[B, n, K, G]`` block-major samples.
-        layout: the strided geometry, or give ``context_len`` and ``stride`` (``L``, ``G`` are read from the
+        layout: the strided geometry; or give ``context_len`` and ``stride`` (``L``, ``G`` are read from the
             inputs).
-        hidden_state_method: see :func:`resolve_hidden_state_method` (default ``concat``, all paper configs).
-        embed_method: ``last_token`` (default; code configs) | ``mean_pooling`` (translation) | ``concat`` |
-            ``token``.
-        whiten: also return sample-space whitened features (spec 3.6).
-        micro_batch_size: sequences (rows of the ``[B*n, S]`` batch) per forward; ``None`` = all at once. With
-            ``share_chunk`` the forward holds ``max(1, micro_batch_size // n)`` whole chunks.
-        answer_mask: optional ``[B, L]`` answer mask (``qa_masking``, spec 1.2 (a)): question-token features are
-            zeroed after normalisation and ``last_token`` pools the last answer token of each window.
-        normalization: ``joint`` (reference) | ``per_layer`` | ``none`` (see :func:`token_features`).
-        renormalize_blocks: L2-normalise pooled block features (per group) before whitening.
-        share_chunk: compute each chunk once (KV-cached prefill) instead of once per replica.
-        whiten_kwargs: extra arguments of :func:`ebft.whitening.whiten`.
+        config: the settings (default ``FeatureConfig()``).
+        answer_mask: optional ``[B, L]`` answer mask (``qa_masking``): question-token features are zeroed
+            after normalisation and ``last_token`` pools the last answer token of each window; generated token
+            ``(t, k)`` inherits the mask of ``C + k*s + t``.
+        overrides: :class:`FeatureConfig` fields replacing those of ``config`` (e.g. ``whiten=True``).
 
     Returns:
         :class:`Features` (``gt [B, K, D]``, ``samples [B, n, K, D]``, whitened ``[B, n, K, D]`` or ``None``).
     """
-    _check_embed_method(embed_method)
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if micro_batch_size is not None and micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be >= 1 or None, got {micro_batch_size}")
+    config = (config or FeatureConfig()).with_overrides(**overrides)
     model = feature_model.model if isinstance(feature_model, FeatureNetwork) else feature_model
-    layout = _resolve_layout(input_ids, generated, layout, context_len, stride)
-    B, n, K, G = generated.shape
-    L = layout.seq_len
-    if answer_mask is not None and tuple(answer_mask.shape) != (B, L):
-        raise ValueError(f"answer_mask must be [B, L] = {(B, L)}, got {tuple(answer_mask.shape)}")
-    selection = resolve_hidden_state_method(hidden_state_method, num_hidden_layers(model))
-    settings = _Settings(selection, embed_method, normalization, renormalize_blocks)
-    backbone = _backbone(model)
-    device = _model_device(model, input_ids.device)
-    input_ids = input_ids.to(device)
-    generated = generated.to(device)
-
-    gt_cols = layout.target_positions(device).reshape(-1)  # [K*G] block-major, chunk index C + k*s + t
-    gen_cols = layout.generated_slots(device).reshape(-1)  # [K*G] block-major, L + t*K + k
-    windows = (gt_cols, gen_cols)
-    # answer mask of every window position; generated (t, k) inherits the mask of C + k*s + t
-    win_mask = None if answer_mask is None else answer_mask.to(device).bool()[:, gt_cols].reshape(B, K, G)
-
-    gts: list[Tensor] = []
-    samples: list[Tensor] = []
+    layout = resolve_layout(layout, input_ids, generated, context_len=context_len, stride=stride)
+    B, n = generated.shape[:2]
+    if answer_mask is not None and tuple(answer_mask.shape) != (B, layout.seq_len):
+        raise ValueError(f"answer_mask must be [B, L] = {(B, layout.seq_len)}, got {tuple(answer_mask.shape)}")
+    selection = resolve_hidden_state_method(config.hidden_state_method, num_hidden_layers(model))
+    device = model_device(model, input_ids.device)
+    plan = _make_plan(config, selection, layout, answer_mask, device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            dtype = _model_dtype(model)
-            if share_chunk:
-                chunks_per_pass = B if micro_batch_size is None else max(1, micro_batch_size // n)
-                for b0 in range(0, B, chunks_per_pass):
-                    b1 = min(B, b0 + chunks_per_pass)
-                    wm = None if win_mask is None else win_mask[b0:b1]
-                    wm_rows = None if wm is None else wm.repeat_interleave(n, dim=0)
-                    gt, smp = _shared_chunk_pass(
-                        backbone,
-                        input_ids[b0:b1],
-                        generated[b0:b1],
-                        windows,
-                        (wm, wm_rows),
-                        layout,
-                        settings,
-                    )
-                    gts.append(gt)
-                    samples.append(smp)
-            else:
-                sequences = build_strided_sequence(input_ids, generated)  # [B*n, S]
-                mask, positions = build_strided_mask_and_positions(layout, G, dtype=dtype, device=device)
-                step = B * n if micro_batch_size is None else micro_batch_size
-                for r0 in range(0, B * n, step):
-                    r1 = min(B * n, r0 + step)
-                    global_rows = torch.arange(r0, r1, device=device)
-                    first = global_rows[global_rows % n == 0]
-                    wm_gt = None if win_mask is None else win_mask[first // n]
-                    wm_rows = None if win_mask is None else win_mask[global_rows // n]
-                    gt, smp = _full_pass(
-                        backbone,
-                        sequences[r0:r1],
-                        first - r0,
-                        mask,
-                        positions,
-                        windows,
-                        (wm_gt, wm_rows),
-                        layout,
-                        settings,
-                    )
-                    if gt is not None:
-                        gts.append(gt)
-                    samples.append(smp)
+            forward = _shared_chunk_pass if config.share_chunk else _full_sequence_pass
+            gts, samples = forward(backbone(model), input_ids.to(device), generated.to(device), plan)
     finally:
         model.train(was_training)
+    return _assemble(torch.cat(gts, dim=0), torch.cat(samples, dim=0), n, plan)
 
-    gt_all = torch.cat(gts, dim=0)  # [B, K, (G,) NF, D_g]
-    sample_all = torch.cat(samples, dim=0)
-    sample_all = sample_all.reshape(B, n, *sample_all.shape[1:])  # [B, n, K, (G,) NF, D_g]
+
+def _make_plan(
+    config: FeatureConfig,
+    selection: LayerSelection,
+    layout: StridedLayout,
+    answer_mask: Tensor | None,
+    device: torch.device,
+) -> _Plan:
+    """Window positions (``C + k*s + t``, block-major) and their answer mask ``[B, K, G]``."""
+    gt_cols = layout.target_positions(device).reshape(-1)
+    window_mask = None
+    if answer_mask is not None:
+        window_mask = answer_mask.to(device).bool()[:, gt_cols].reshape(-1, layout.num_blocks, layout.gen_len)
+    return _Plan(config, selection, layout, gt_cols, window_mask)
+
+
+def _assemble(gt: Tensor, samples: Tensor, n: int, plan: _Plan) -> Features:
+    """:class:`Features` from pooled ``gt [B, K, (G,) NF, D_g]`` and ``samples [B*n, K, (G,) NF, D_g]``:
+    optional whitening per group, then the ``NF`` groups flattened into ``D = NF * D_g``."""
+    samples = samples.reshape(-1, n, *samples.shape[1:])  # [B, n, K, (G,) NF, D_g]
     whitened_samples = whitened_gt = None
-    if whiten:
-        ws, wg = whiten_block_features(sample_all, gt_all, **(whiten_kwargs or {}))
+    if plan.config.whiten:
+        ws, wg = whiten_block_features(samples, gt, **plan.config.whiten_kwargs)
         whitened_samples, whitened_gt = ws.flatten(-2), wg.flatten(-2)
     return Features(
-        gt=gt_all.flatten(-2),
-        samples=sample_all.flatten(-2),
+        gt=gt.flatten(-2),
+        samples=samples.flatten(-2),
         whitened_samples=whitened_samples,
         whitened_gt=whitened_gt,
-        layout=layout,
-        num_groups=selection.num_groups,
-        embed_method=embed_method,
+        layout=plan.layout,
+        num_groups=plan.selection.num_groups,
+        embed_method=plan.config.embed_method,
     )
 
 
@@ -754,7 +708,7 @@ def compute_features(
 
 
 class FeatureNetwork(nn.Module):
-    """Frozen feature network phi (spec 3.1): a HF causal LM (or base model) plus the feature settings.
+    """Frozen feature network phi: a HF causal LM (or base model) plus its :class:`FeatureConfig`.
 
     On construction the model is put in eval mode and every parameter gets ``requires_grad=False``;
     :meth:`train` keeps it in eval mode, so a parent ``.train()`` call cannot switch dropout on. It has no
@@ -762,39 +716,39 @@ class FeatureNetwork(nn.Module):
 
     Args:
         model: the frozen critic (the paper uses the *base* model, even when the policy is warm-started).
-        hidden_state_method, embed_method, normalization, renormalize_blocks, whiten, micro_batch_size,
-        share_chunk, whiten_kwargs: defaults for :meth:`forward`; see :func:`compute_features`.
+        config: the feature settings (default ``FeatureConfig()``).
+        overrides: :class:`FeatureConfig` fields replacing those of ``config`` (the keyword form
+            ``FeatureNetwork(model, embed_method=..., whiten=...)``).
+
+    Attributes:
+        config: the settings.
+        selection: ``config.hidden_state_method`` resolved for this model.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        hidden_state_method: str | LayerSelection = "concat",
-        embed_method: EmbedMethod = "last_token",
-        normalization: Normalization = "joint",
-        renormalize_blocks: bool = False,
-        whiten: bool = False,
-        micro_batch_size: int | None = None,
-        share_chunk: bool = False,
-        whiten_kwargs: dict | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, config: FeatureConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        _check_embed_method(embed_method)
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        config = (config or FeatureConfig()).with_overrides(**overrides)
         model.eval()
         model.requires_grad_(False)
         self.model = model
-        self.selection = resolve_hidden_state_method(hidden_state_method, num_hidden_layers(model))
-        self.embed_method: EmbedMethod = embed_method
-        self.normalization: Normalization = normalization
-        self.renormalize_blocks = renormalize_blocks
-        self.whiten = whiten
-        self.micro_batch_size = micro_batch_size
-        self.share_chunk = share_chunk
-        self.whiten_kwargs = dict(whiten_kwargs or {})
+        self.selection = resolve_hidden_state_method(config.hidden_state_method, num_hidden_layers(model))
+        self.config = replace(config, hidden_state_method=self.selection)
         super().train(False)
+
+    @property
+    def share_chunk(self) -> bool:
+        """``config.share_chunk``."""
+        return self.config.share_chunk
+
+    @property
+    def embed_method(self) -> str:
+        """``config.embed_method``."""
+        return self.config.embed_method
+
+    @property
+    def whiten(self) -> bool:
+        """``config.whiten``."""
+        return self.config.whiten
 
     def train(self, mode: bool = True) -> FeatureNetwork:
         """Ignore ``mode``: the feature network always stays in eval mode."""
@@ -804,28 +758,16 @@ class FeatureNetwork(nn.Module):
         self,
         input_ids: Tensor,
         generated: Tensor,
-        *,
         layout: StridedLayout | None = None,
-        context_len: int | None = None,
-        stride: int | None = None,
+        *,
+        context_len: int | None = None, stride: int | None = None,  # older form of ``layout``
         answer_mask: Tensor | None = None,
         whiten: bool | None = None,
     ) -> Features:
-        """Features of ``input_ids [B, L]`` and ``generated [B, n, K, G]`` (see :func:`compute_features`)."""
+        """Features of ``input_ids [B, L]`` and ``generated [B, n, K, G]`` with :attr:`config` (see
+        :func:`compute_features`); ``whiten`` overrides ``config.whiten`` for this call."""
+        config = self.config if whiten is None else self.config.with_overrides(whiten=whiten)
         return compute_features(
-            self.model,
-            input_ids,
-            generated,
-            layout=layout,
-            context_len=context_len,
-            stride=stride,
-            hidden_state_method=self.selection,
-            embed_method=self.embed_method,
-            whiten=self.whiten if whiten is None else whiten,
-            micro_batch_size=self.micro_batch_size,
+            self.model, input_ids, generated, layout, config, context_len=context_len, stride=stride,
             answer_mask=answer_mask,
-            normalization=self.normalization,
-            renormalize_blocks=self.renormalize_blocks,
-            share_chunk=self.share_chunk,
-            whiten_kwargs=self.whiten_kwargs,
         )

@@ -1,11 +1,21 @@
-"""Models and tokenizers: the tiny from-scratch factory, loading by hub id or local path, atomic saving.
+"""Models and tokenizers: the tiny from-scratch factory, loading by hub id or local path, atomic saving, and
+the model plumbing of the strided sampler, scorer and feature network.
 
 Every trained model is written with ``save_pretrained`` so that ``AutoModelForCausalLM.from_pretrained(dir)``
 and ``AutoTokenizer.from_pretrained(dir)`` load it; the tokenizer is saved next to the weights.
+
+Model plumbing
+--------------
+A ``transformers`` causal LM is split into a *backbone* (the transformer body, :func:`backbone`) returning
+final hidden states ``h [..., H]`` and an LM head (:func:`lm_head`); the logits are
+``z = lm_head(h) [..., V]`` (:func:`lm_logits`, float32). The strided code runs the backbone directly (so the
+``[S, V]`` logits are only computed where needed, or never, for the feature network) with a KV cache that is
+passed under the name :func:`cache_kwarg` gives and created by :func:`new_cache`.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -13,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -107,3 +119,86 @@ def replace_dir(src: Path, dst: Path) -> None:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model plumbing (strided sampler, strided scorer, feature network)
+# --------------------------------------------------------------------------------------------------------
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The transformer body that returns final hidden states: ``model.base_model``.
+
+    That is ``model.model`` for a Llama/Qwen2 causal LM and the model itself for a bare ``AutoModel`` body
+    (``PreTrainedModel.base_model`` falls back to ``self``). Its output's ``last_hidden_state [..., H]`` is the
+    state after the final norm, the input of :func:`lm_head`.
+    """
+    return getattr(model, "base_model", model)
+
+
+def lm_head(model: nn.Module) -> nn.Module:
+    """The output embedding ``H -> V`` of a causal LM (``get_output_embeddings()``, else ``model.lm_head``).
+
+    Raises:
+        ValueError: for a model without one (a bare transformer body cannot sample or score).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        head = getattr(model, "lm_head", None)
+    if head is None:
+        raise ValueError("model must be a causal LM with an output embedding (lm_head); got a bare transformer body")
+    return head
+
+
+def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``z = lm_head(hidden)`` in float32: ``[..., H] -> [..., V]``, with Gemma-style final soft-capping
+    ``z <- c * tanh(z / c)`` where ``config.final_logit_softcapping = c`` is set.
+
+    Assumes the causal LM's logits are exactly ``lm_head(final hidden state)`` (true for Llama, Qwen2/3,
+    Mistral, SmolLM2); models that rescale logits in their ``forward`` (e.g. Granite, Cohere) are not handled.
+    """
+    logits = lm_head(model)(hidden).float()
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of ``model`` (``model.dtype``, else that of its first parameter): the dtype of the
+    additive attention masks fed to it."""
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return next(model.parameters()).dtype
+
+
+def model_device(model: nn.Module, default: torch.device) -> torch.device:
+    """The device of ``model``'s first parameter (``default`` for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return default if param is None else param.device
+
+
+def cache_kwarg(module: nn.Module) -> str:
+    """Name of the KV-cache argument of ``module.forward``: ``cache`` in transformers >= 5.x,
+    ``past_key_values`` before."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        return "cache"
+    return "cache" if "cache" in params or "past_key_values" not in params else "past_key_values"
+
+
+def new_cache(model: nn.Module) -> DynamicCache:
+    """An empty ``DynamicCache`` for ``model`` (per layer ``keys, values [batch, kv_heads, tokens, head_dim]``
+    once filled)."""
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # pragma: no cover - older transformers
+        return DynamicCache()
+
+
+def checkpointing_drops_cache(module: nn.Module) -> bool:
+    """True when ``module`` has activation checkpointing on and would drop the KV cache in this forward (a
+    training-mode forward with autograd enabled)."""
+    return bool(module.training and torch.is_grad_enabled() and getattr(module, "gradient_checkpointing", False))

@@ -46,47 +46,86 @@ Which logit predicts which token (used both when sampling and when scoring)
 
 This is *not* the ordinary causal shift of the full sequence.
 
+Shared chunk and block groups
+-----------------------------
+The chunk rows of the strided mask are plain causal attention and never see a generated token, so the chunk
+can be computed once per chunk instead of once per sample: :func:`prefill_chunk` runs the causal forward
+over ``input_ids [B, L]`` with a KV cache, and :func:`forward_block_groups` feeds generated tokens against
+that cache (replicated over the ``n`` samples) with the generated rows of the strided mask. The blocks are fed
+in :data:`BLOCK_GROUPS` groups of consecutive blocks (:func:`block_groups`); group ``[k0, k1)`` attends only
+the first ``C + (k1-1)*s`` chunk keys (its longest prefix), so the dense masked attention skips most of the
+chunk columns the early blocks can never see. The sampler, the scorer (``share_chunk=True``) and the feature
+network (:mod:`ebft.features`, ``share_chunk=True``) all use these two functions; ``B*L + B*n*G*K`` instead
+of ``B*n*(L + G*K)`` token positions.
+
 Sampling
 --------
-:func:`strided_generate` prefills the chunk once with a causal forward (KV cache), reads step-0 logits at
-rows ``C + k*s - 1``, replicates the cache over the ``n`` samples and then runs ``G - 1`` incremental forwards
+:func:`strided_sample` prefills the chunk once (:func:`prefill_chunk`), reads step-0 logits at rows
+``C + k*s - 1``, replicates the cache over the ``n`` samples and then runs ``G - 1`` incremental forwards
 that each feed the ``K`` tokens of the previous step (one per block) with the mask rows of
-:func:`build_strided_step_mask_and_positions`. :func:`strided_generate_recompute` is the reference path
-(full forward over the growing sequence at every step, no cache); both consume the random generator
-identically (one inverse-CDF draw per step over ``[B*n*K, V]`` probabilities, one ``torch.rand`` number per row).
+:func:`build_strided_step_mask_and_positions`. ``use_cache=False`` (:func:`strided_generate_recompute`) is
+the reference path (full forward over the growing sequence at every step, no cache); both consume the random
+generator identically (one inverse-CDF draw per step over ``[B*n*K, V]`` probabilities, one ``torch.rand``
+number per row).
 
 Scoring
 -------
 :func:`strided_logprobs` runs one forward (with gradients) over the full ``[B*n, S]`` sequences with the
 complete strided mask (or, with ``share_chunk=True``, the chunk once per chunk and the generated tokens
-against its differentiable KV cache), and gathers log-probabilities from the final hidden states in row chunks, so the
-``[S, vocab]`` float32 logits are never materialised (each chunk is recomputed in the backward pass via
-activation checkpointing).
+against its differentiable KV cache), and gathers log-probabilities from the final hidden states in row
+chunks, so the ``[S, vocab]`` float32 logits are never materialised (each chunk is recomputed in the
+backward pass via activation checkpointing).
+
+Geometry arguments
+------------------
+Every public entry point takes the geometry as a :class:`StridedLayout` built once by the caller
+(``layout=``); the raw ``context_len=``/``stride=`` (and ``gen_len=`` for the samplers) keywords are still
+accepted and turned into a layout by :func:`resolve_layout`.
+
+Model plumbing (backbone, LM head, KV cache) comes from :mod:`ebft.modeling`.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
+
+from ebft.modeling import (
+    backbone,
+    cache_kwarg,
+    checkpointing_drops_cache,
+    lm_head,
+    lm_logits,
+    model_dtype,
+    new_cache,
+)
 
 __all__ = [
+    "BLOCK_GROUPS",
+    "RunBody",
+    "SamplingOptions",
     "StridedLayout",
     "StridedSample",
     "additive_mask",
+    "block_groups",
     "block_major_to_gen_region",
     "build_strided_allowed",
     "build_strided_mask_and_positions",
     "build_strided_sequence",
     "build_strided_step_mask_and_positions",
     "extend_chunk_metadata",
+    "forward_block_groups",
     "gen_region_to_block_major",
+    "last_hidden_state",
+    "prefill_chunk",
+    "resolve_layout",
     "sample_tokens",
     "split_strided_sequence",
     "strided_generate",
@@ -192,6 +231,52 @@ class StridedLayout:
     def _check_generation_step(self, generation_step: int) -> None:
         if not 0 <= generation_step <= self.gen_len:
             raise ValueError(f"generation_step must be in [0, {self.gen_len}], got {generation_step}")
+
+
+def resolve_layout(
+    layout: StridedLayout | None,
+    input_ids: torch.Tensor,
+    generated: torch.Tensor | None = None,
+    *,
+    context_len: int | None = None,
+    stride: int | None = None,
+    gen_len: int | None = None,
+) -> StridedLayout:
+    """The geometry of a call, checked against its tensors.
+
+    Either ``layout`` (built once by the caller) or the raw ``context_len`` and ``stride`` (``C``, ``s``) are
+    given; ``L`` is read from ``input_ids [B, L]`` and ``G`` from ``generated [B, n, K, G]`` (scoring,
+    features) or ``gen_len`` (sampling). ``gen_len`` may accompany a layout, as a check.
+
+    Raises:
+        ValueError: if both or neither geometry forms are given, if a tensor has the wrong rank, or if the
+            layout does not match the tensors (``L``, ``G``, ``K``).
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+    if generated is not None and (generated.dim() != 4 or generated.shape[0] != input_ids.shape[0]):
+        raise ValueError(
+            f"expected input_ids [B, L] and generated [B, n, K, G], got {tuple(input_ids.shape)} and "
+            f"{tuple(generated.shape)}"
+        )
+    L = input_ids.shape[1]
+    G = generated.shape[-1] if generated is not None else gen_len
+    if layout is None:
+        if context_len is None or stride is None or G is None:
+            raise ValueError("give either layout or the geometry keywords context_len and stride (and gen_len)")
+        layout = StridedLayout(L, context_len, stride, G)
+    elif context_len is not None or stride is not None:
+        raise ValueError("give either layout or (context_len, stride), not both")
+    K = layout.num_blocks
+    if (
+        layout.seq_len != L
+        or (G is not None and layout.gen_len != G)
+        or (gen_len is not None and layout.gen_len != gen_len)
+        or (generated is not None and generated.shape[2] != K)
+    ):
+        shape = "" if generated is None else f" and generated {tuple(generated.shape)}"
+        raise ValueError(f"layout {layout} (K={K}) does not match input_ids {tuple(input_ids.shape)}{shape}")
+    return layout
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -397,63 +482,150 @@ def extend_chunk_metadata(meta: torch.Tensor, layout: StridedLayout) -> torch.Te
 
 
 # --------------------------------------------------------------------------------------------------------
-# Model plumbing
+# Shared chunk and block groups
 # --------------------------------------------------------------------------------------------------------
 
+BLOCK_GROUPS: int = 4
+"""Generated tokens fed against a shared chunk (:func:`forward_block_groups`) go in this many groups of
+consecutive blocks (scoring and features with ``share_chunk=True``)."""
 
-def _decoder(model: nn.Module) -> nn.Module:
-    """The transformer body returning final hidden states (``model.model`` for Llama/Qwen2)."""
-    base = getattr(model, "base_model", model)
-    if base is model:
-        raise ValueError("model must be a causal LM with a separate base transformer and lm_head")
-    return base
-
-
-def _lm_head(model: nn.Module) -> nn.Module:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        head = getattr(model, "lm_head", None)
-    if head is None:
-        raise ValueError("model has no output embedding (lm_head)")
-    return head
+RunBody = Callable[..., Sequence[torch.Tensor]]
+"""``run(**forward_kwargs) -> outputs``: one forward of a transformer body, returning the per-token outputs a
+caller needs (e.g. ``[last_hidden_state]`` or selected ``hidden_states``), each ``[rows, tokens, ...]``."""
 
 
-def _lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """``lm_head(hidden)`` in float32 (with Gemma-style final logit soft-capping if configured).
+def last_hidden_state(body: nn.Module) -> RunBody:
+    """The :data:`RunBody` returning ``[body(**kwargs).last_hidden_state]`` (``[rows, tokens, H]``)."""
 
-    Assumes the causal LM's logits are exactly ``lm_head(final hidden state)`` (true for Llama, Qwen2/3,
-    Mistral, SmolLM2); models that rescale logits in their ``forward`` (e.g. Granite, Cohere) are not handled.
+    def run(**kwargs: object) -> list[torch.Tensor]:
+        return [body(**kwargs).last_hidden_state]
+
+    return run
+
+
+def block_groups(num_blocks: int, groups: int = BLOCK_GROUPS) -> list[tuple[int, int]]:
+    """Split blocks ``0 … K-1`` into ``min(groups, K)`` ranges ``[k0, k1)`` of consecutive blocks, with
+    bounds ``round(i * K / groups)``."""
+    groups = max(1, min(groups, num_blocks))
+    bounds = [round(i * num_blocks / groups) for i in range(groups + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def prefill_chunk(
+    body: nn.Module, input_ids: torch.Tensor, run: RunBody | None = None
+) -> tuple[Sequence[torch.Tensor], DynamicCache]:
+    """Causal forward of the transformer ``body`` over the chunks ``input_ids [B, L]`` with a fresh KV cache.
+
+    Chunk row ``j`` sees ``x[:j+1]`` with positions ``0 … j``: exactly the chunk rows of the strided mask.
+    Under autograd the cache keeps its graph, so gradients from everything fed against it reach the chunk.
+
+    Args:
+        body: the transformer body (:func:`ebft.modeling.backbone`).
+        input_ids: ``LongTensor[B, L]``.
+        run: the forward to use (default :func:`last_hidden_state`).
+
+    Returns:
+        ``run``'s outputs (each ``[B, L, ...]``) and the filled ``DynamicCache`` (per layer
+        ``keys, values [B, kv_heads, L, head_dim]``).
     """
-    logits = _lm_head(model)(hidden).float()
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    cache = new_cache(body)
+    run = last_hidden_state(body) if run is None else run
+    outputs = run(input_ids=input_ids, use_cache=True, **{cache_kwarg(body): cache})
+    return outputs, cache
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    dtype = getattr(model, "dtype", None)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    return next(model.parameters()).dtype
+def _block_group_inputs(
+    body: nn.Module,
+    prefix_layers: list[tuple[torch.Tensor, torch.Tensor]],
+    layout: StridedLayout,
+    k0: int,
+    k1: int,
+    steps: int,
+    num_samples: int,
+) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """KV cache, attention pattern and position ids to feed generation steps ``0 … steps-1`` of blocks
+    ``[k0, k1)`` after a chunk prefill (``prefix_layers``: per-layer cached ``(keys, values)`` of the chunk,
+    batch ``B``).
+
+    The group only sees the first ``P = C + (k1-1)*s`` chunk positions (its longest prefix), so the cache holds
+    ``keys[:, :, :P]`` expanded to ``B*num_samples`` rows (differentiable slicing and ``repeat_interleave``).
+    Tokens are fed step-major within the group (index ``t*Kg + j`` for block ``k0 + j``). Returns the cache,
+    ``allowed [steps*Kg, P + steps*Kg]`` (chunk columns ``< C + k*s``, own block's steps ``<= t``) and
+    ``position_ids [steps*Kg]`` (``C + k*s + t``).
+    """
+    device = prefix_layers[0][0].device
+    Kg, P = k1 - k0, layout.context_len + (k1 - 1) * layout.stride
+    cache = new_cache(body)
+    for i, (keys, values) in enumerate(prefix_layers):
+        cache.update(keys[:, :, :P], values[:, :, :P], i)
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+    t_idx = torch.arange(steps, device=device).repeat_interleave(Kg)
+    k_idx = torch.arange(k0, k1, device=device).repeat(steps)
+    prefix = layout.context_len + k_idx * layout.stride
+    allowed = torch.cat(
+        [
+            torch.arange(P, device=device)[None, :] < prefix[:, None],
+            (k_idx[None, :] == k_idx[:, None]) & (t_idx[None, :] <= t_idx[:, None]),
+        ],
+        dim=1,
+    )
+    return cache, allowed, prefix + t_idx
 
 
-def _cache_kwarg(module: nn.Module) -> str:
-    """Name of the KV-cache argument: ``cache`` in transformers >= 5.x, ``past_key_values`` before."""
-    try:
-        params = inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
-        return "cache"
-    return "cache" if "cache" in params or "past_key_values" not in params else "past_key_values"
+def forward_block_groups(
+    body: nn.Module,
+    chunk_cache: DynamicCache,
+    generated: torch.Tensor,
+    layout: StridedLayout,
+    *,
+    steps: int,
+    run: RunBody | None = None,
+    groups: int = BLOCK_GROUPS,
+) -> list[torch.Tensor]:
+    """Feed generation steps ``0 … steps-1`` of every sample against a shared chunk's KV cache.
 
+    Blocks go in :func:`block_groups` groups of consecutive blocks ``[k0, k1)``; one forward per group over
+    ``B*n`` rows of ``steps*Kg`` tokens (``Kg = k1 - k0``, step-major within the group) with a cache holding
+    the first ``C + (k1-1)*s`` chunk keys replicated over the ``n`` samples, mask rows ``allowed(t, k)`` =
+    chunk columns ``j < C + k*s`` plus the same block's steps ``t' <= t``, and position ids ``C + k*s + t``.
+    Output ``(t, k)`` is thus exactly the generated row ``L + t*K + k`` of a full strided forward (it sees
+    ``c_k || ŷ_k[:t+1]``).
 
-def _new_cache(model: nn.Module) -> object:
-    from transformers import DynamicCache
+    Args:
+        body: the transformer body that filled ``chunk_cache`` (:func:`prefill_chunk`).
+        chunk_cache: KV cache of the chunks ``[B, ...]`` (gradients flow through it when it has a graph).
+        generated: ``LongTensor[B, n, K, G]`` block-major samples (``steps <= G`` steps are fed).
+        layout: the geometry.
+        steps: number of generation steps to feed (``G - 1`` for scoring: the last step predicts nothing).
+        run: the forward to use (default :func:`last_hidden_state`).
+        groups: number of block groups.
 
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # pragma: no cover - older transformers
-        return DynamicCache()
+    Returns:
+        ``run``'s outputs, each reordered block-major: ``[B*n, K, steps, ...]``, entry ``[b*n + i, k, t]``
+        for token ``(t, k)`` of sample ``i`` of chunk ``b``.
+    """
+    B, n, K, _ = generated.shape
+    run = last_hidden_state(body) if run is None else run
+    cache_name = cache_kwarg(body)
+    dtype = model_dtype(body)
+    prefix_layers = [(layer.keys, layer.values) for layer in chunk_cache.layers]  # [B, heads, L, d]
+    device = prefix_layers[0][0].device
+    pieces: list[list[torch.Tensor]] = []
+    for k0, k1 in block_groups(K, groups):
+        Kg = k1 - k0
+        group_cache, allowed, positions = _block_group_inputs(body, prefix_layers, layout, k0, k1, steps, n)
+        tokens = generated[:, :, k0:k1, :steps].reshape(B * n, Kg, steps).transpose(1, 2).reshape(B * n, -1)
+        outputs = run(
+            input_ids=tokens.to(device=device, dtype=torch.long),
+            attention_mask=additive_mask(allowed, dtype)[None, None],
+            position_ids=positions[None].expand(B * n, -1),
+            use_cache=True,
+            **{cache_name: group_cache},
+        )  # each [B*n, steps*Kg, ...], index t*Kg + j for token (t, k0 + j)
+        pieces.append([out.unflatten(1, (steps, Kg)).transpose(1, 2) for out in outputs])
+        del group_cache, outputs
+    return [torch.cat(parts, dim=1) for parts in zip(*pieces, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -555,16 +727,16 @@ def _cached_step_logits(
     model: nn.Module, input_ids: torch.Tensor, layout: StridedLayout, num_samples: int
 ) -> Generator[torch.Tensor, torch.Tensor, None]:
     """Generator protocol for the KV-cached path: yields ``[N, K, V]`` logits, receives ``[N, K]`` tokens."""
-    decoder = _decoder(model)
-    cache_name = _cache_kwarg(decoder)
-    dtype = _model_dtype(model)
+    body = backbone(model)
+    cache_name = cache_kwarg(body)
+    dtype = model_dtype(model)
     device = input_ids.device
     N = input_ids.shape[0] * num_samples
-    cache = _new_cache(model)
-    # Prefill the chunk with a plain causal forward (chunk rows of the strided mask are exactly causal).
-    out = decoder(input_ids=input_ids, use_cache=True, **{cache_name: cache})
-    hidden = out.last_hidden_state[:, layout.prefix_ends(device) - 1]  # [B, K, H]
-    logits = _lm_logits(model, hidden).repeat_interleave(num_samples, dim=0)  # [N, K, V]
+    # the chunk rows of the strided mask are exactly causal: one prefill, shared by the n samples
+    (hidden,), cache = prefill_chunk(body, input_ids)  # [B, L, H]
+    logits = lm_logits(model, hidden[:, layout.prefix_ends(device) - 1])  # [B, K, V]
+    logits = logits.repeat_interleave(num_samples, dim=0)  # [N, K, V]
+    del hidden
     if num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
     for step in range(layout.gen_len):
@@ -572,21 +744,21 @@ def _cached_step_logits(
         if step == layout.gen_len - 1:
             return
         mask, positions = build_strided_step_mask_and_positions(layout, step, dtype=dtype, device=device)
-        out = decoder(
+        out = body(
             input_ids=tokens,
             attention_mask=mask,
             position_ids=positions.expand(N, -1),
             use_cache=True,
             **{cache_name: cache},
         )
-        logits = _lm_logits(model, out.last_hidden_state)  # [N, K, V]
+        logits = lm_logits(model, out.last_hidden_state)  # [N, K, V]
 
 
 def _recompute_step_logits(
     model: nn.Module, input_ids: torch.Tensor, layout: StridedLayout, num_samples: int
 ) -> Generator[torch.Tensor, torch.Tensor, None]:
     """Generator protocol for the reference path: full forward over the growing sequence at every step."""
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     device = input_ids.device
     sequence = input_ids.repeat_interleave(num_samples, dim=0)  # [N, L]
     N, K, L = sequence.shape[0], layout.num_blocks, layout.seq_len
@@ -603,14 +775,28 @@ def _recompute_step_logits(
         sequence = torch.cat([sequence, tokens.to(sequence.dtype)], dim=1)
 
 
+class SamplingOptions(TypedDict, total=False):
+    """Keyword arguments of :func:`strided_sample` accepted by its wrappers (:func:`strided_generate`,
+    :func:`strided_generate_with_logprobs`, :func:`strided_generate_recompute`)."""
+
+    context_len: int
+    stride: int
+    gen_len: int
+    num_samples: int
+    temperature: float
+    top_p: float
+    generator: torch.Generator | None
+
+
 @torch.no_grad()
 def strided_sample(
     model: nn.Module,
     input_ids: torch.Tensor,
+    layout: StridedLayout | None = None,
     *,
-    context_len: int,
-    stride: int,
-    gen_len: int,
+    context_len: int | None = None,
+    stride: int | None = None,
+    gen_len: int | None = None,
     num_samples: int = 1,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -618,13 +804,19 @@ def strided_sample(
     use_cache: bool = True,
     return_step_logits: bool = False,
 ) -> StridedSample:
-    """Strided block-parallel sampling (spec 2.4): ``G`` steps, each drawing one token for every block.
+    """Strided block-parallel sampling: ``G`` steps, each drawing one token for every block.
+
+    Step ``t`` draws ``ŷ_k[t] ~ softmax(z / T)`` (nucleus-filtered) for every block ``k`` of every sample,
+    where ``z`` is the logit row that predicts token ``(t, k)``: ``C + k*s - 1`` for ``t = 0``, else the
+    previous token of the same block, so block ``k`` is sampled exactly as a plain causal decode of
+    ``c_k || ŷ_k``.
 
     Args:
-        model: a ``transformers`` causal LM (``base_model`` + ``lm_head``) that accepts 4D additive masks.
+        model: a ``transformers`` causal LM (backbone + LM head, :mod:`ebft.modeling`) that accepts 4D
+            additive masks.
         input_ids: ``LongTensor[B, L]`` chunks.
-        context_len, stride, gen_len: ``C``, ``s``, ``G`` (see :class:`StridedLayout`, with ``L`` from
-            ``input_ids``).
+        layout: the geometry (``seq_len`` must be ``L``); or give ``context_len``, ``stride`` and ``gen_len``
+            (``C``, ``s``, ``G``; ``L`` is read from ``input_ids``).
         num_samples: ``n`` independent samples per chunk (consecutive rows ``b*n + i`` internally).
         temperature, top_p, generator: see :func:`sample_tokens`. Each step makes exactly one draw call over
             ``[B*n*K, V]`` rows, so both paths consume the generator identically.
@@ -635,11 +827,9 @@ def strided_sample(
         :class:`StridedSample` with block-major ``tokens [B, n, K, G]``. The model is run in eval mode under
         ``torch.no_grad`` and its ``training`` flag is restored afterwards.
     """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+    layout = resolve_layout(layout, input_ids, context_len=context_len, stride=stride, gen_len=gen_len)
     _check_sampling_args(num_samples, temperature, top_p)
-    B, L = input_ids.shape
-    layout = StridedLayout(L, context_len, stride, gen_len)
+    B = input_ids.shape[0]
     K, G = layout.num_blocks, layout.gen_len
 
     was_training = model.training
@@ -675,87 +865,36 @@ def strided_sample(
 def strided_generate(
     model: nn.Module,
     input_ids: torch.Tensor,
-    *,
-    context_len: int,
-    stride: int,
-    gen_len: int,
-    num_samples: int = 1,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    layout: StridedLayout | None = None,
+    **options: Unpack[SamplingOptions],
 ) -> torch.Tensor:
-    """KV-cached strided sampling; returns block-major ``LongTensor[B, num_samples, K, gen_len]``.
-
-    See :func:`strided_sample` for the arguments.
-    """
-    return strided_sample(
-        model,
-        input_ids,
-        context_len=context_len,
-        stride=stride,
-        gen_len=gen_len,
-        num_samples=num_samples,
-        temperature=temperature,
-        top_p=top_p,
-        generator=generator,
-    ).tokens
+    """KV-cached strided sampling; returns block-major ``LongTensor[B, n, K, G]`` (see :func:`strided_sample`
+    for the arguments)."""
+    return strided_sample(model, input_ids, layout, **options).tokens
 
 
 def strided_generate_with_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
-    *,
-    context_len: int,
-    stride: int,
-    gen_len: int,
-    num_samples: int = 1,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    layout: StridedLayout | None = None,
+    **options: Unpack[SamplingOptions],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`strided_generate`, also returning the sampling-time log-probs ``[B, n, K, G]`` (float32,
     ``log softmax(z / T)`` of each drawn token; ``T = 1`` when ``temperature == 0``)."""
-    out = strided_sample(
-        model,
-        input_ids,
-        context_len=context_len,
-        stride=stride,
-        gen_len=gen_len,
-        num_samples=num_samples,
-        temperature=temperature,
-        top_p=top_p,
-        generator=generator,
-    )
+    out = strided_sample(model, input_ids, layout, **options)
     return out.tokens, out.logprobs
 
 
 def strided_generate_recompute(
     model: nn.Module,
     input_ids: torch.Tensor,
-    *,
-    context_len: int,
-    stride: int,
-    gen_len: int,
-    num_samples: int = 1,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    layout: StridedLayout | None = None,
+    **options: Unpack[SamplingOptions],
 ) -> torch.Tensor:
     """Reference sampler without KV cache (a full forward over ``[chunk | generated so far]`` with the full
     strided mask at every step). For tests and benchmarks only; same output as :func:`strided_generate` and
     the same random-number consumption."""
-    return strided_sample(
-        model,
-        input_ids,
-        context_len=context_len,
-        stride=stride,
-        gen_len=gen_len,
-        num_samples=num_samples,
-        temperature=temperature,
-        top_p=top_p,
-        generator=generator,
-        use_cache=False,
-    ).tokens
+    return strided_sample(model, input_ids, layout, use_cache=False, **options).tokens
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -766,7 +905,7 @@ def strided_generate_recompute(
 def _token_logprobs_block(
     model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    logits = _lm_logits(model, hidden)
+    logits = lm_logits(model, hidden)
     if temperature != 1.0:
         logits = logits / temperature
     return F.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
@@ -783,7 +922,7 @@ def _chunked_token_logprobs(
     if chunk_size < 1:
         raise ValueError(f"logits_chunk_size must be >= 1, got {chunk_size}")
     use_checkpoint = torch.is_grad_enabled() and (
-        hidden.requires_grad or any(p.requires_grad for p in _lm_head(model).parameters())
+        hidden.requires_grad or any(p.requires_grad for p in lm_head(model).parameters())
     )
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
@@ -802,14 +941,15 @@ def strided_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
     generated: torch.Tensor,
+    layout: StridedLayout | None = None,
     *,
-    context_len: int,
-    stride: int,
+    context_len: int | None = None,
+    stride: int | None = None,
     temperature: float = 1.0,
     logits_chunk_size: int = 1024,
     share_chunk: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score strided samples with one policy forward (spec 2.6); differentiable.
+    """Score strided samples with one policy forward; differentiable.
 
     The policy runs over ``build_strided_sequence(input_ids, generated)`` (``[B*n, S]``) with the full
     strided mask (``generation_step = G``) and position ids. From the final hidden states ``h``:
@@ -825,164 +965,84 @@ def strided_logprobs(
     gradients are enabled), so the full ``[B*n, S, V]`` logits are never materialised.
 
     Args:
-        model: causal LM (``base_model`` + ``lm_head``); its train/eval mode is left untouched.
+        model: causal LM (backbone + LM head, :mod:`ebft.modeling`); its train/eval mode is left untouched.
         input_ids: ``LongTensor[B, L]``.
         generated: ``LongTensor[B, n, K, G]`` block-major samples.
-        context_len, stride: ``C`` and ``s`` (``G`` is read from ``generated``).
+        layout: the geometry; or give ``context_len`` and ``stride`` (``C``, ``s``; ``L`` and ``G`` are read
+            from the inputs).
         temperature: ``T > 0`` applied to generated-token logits only.
         logits_chunk_size: rows per log-softmax chunk.
-        share_chunk: compute the chunk once per chunk instead of once per sample: a causal forward over
-            ``input_ids [B, L]`` with a KV cache that keeps its autograd graph, the cache expanded to the ``n``
-            samples (``repeat_interleave``), then the first ``G-1`` generated steps of every sample (the
-            last step predicts nothing) with the generated rows of the strided mask, fed in
-            :data:`SCORE_BLOCK_GROUPS` groups of consecutive blocks that attend only the chunk positions
-            their longest prefix can see. Gradients of all samples flow into the one
-            chunk computation and the CE term uses the same chunk logits. Same values and gradients as the
-            unshared path up to float round-off (tested), ``B*L + B*n*G*K`` instead of ``B*n*(L + G*K)``
-            token positions. Falls back to the unshared path under gradient checkpointing (which drops the
-            cache).
+        share_chunk: compute the chunk once per chunk instead of once per sample: :func:`prefill_chunk` over
+            ``input_ids [B, L]`` with a KV cache that keeps its autograd graph, then the first ``G-1``
+            generated steps of every sample (the last step predicts nothing) with
+            :func:`forward_block_groups`. Gradients of all samples flow into the one chunk computation and the
+            CE term uses the same chunk logits. Same values and gradients as the unshared path up to float
+            round-off (tested), ``B*L + B*n*(G-1)*K`` instead of ``B*n*(L + G*K)`` token positions. Falls back
+            to the unshared path under gradient checkpointing (which drops the cache).
 
     Returns:
         ``gen_logprobs``: ``Tensor[B, n, K, G]`` and ``chunk_logprobs``: ``Tensor[B, L-1]``, float32.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for scoring, got {temperature}")
-    if input_ids.dim() != 2 or generated.dim() != 4 or generated.shape[0] != input_ids.shape[0]:
-        raise ValueError(
-            f"expected input_ids [B, L] and generated [B, n, K, G], got {tuple(input_ids.shape)} and "
-            f"{tuple(generated.shape)}"
-        )
-    B, L = input_ids.shape
-    _, n, K, G = generated.shape
-    layout = StridedLayout(L, context_len, stride, G)
-    if generated.shape[2] != layout.num_blocks:
-        raise ValueError(f"generated has {generated.shape[2]} blocks, the layout has K={layout.num_blocks}")
-    device = input_ids.device
-    decoder = _decoder(model)
-    if share_chunk and _checkpointing_drops_cache(decoder):
-        share_chunk = False
-    if share_chunk:
-        gen_hidden, chunk_hidden = _shared_chunk_hidden(model, decoder, input_ids, generated, layout)
-        H = chunk_hidden.shape[-1]
-        chunk_hidden = chunk_hidden[:, : L - 1].reshape(-1, H)  # [B*(L-1), H]
+    layout = resolve_layout(layout, input_ids, generated, context_len=context_len, stride=stride)
+    B, n, K, G = generated.shape
+    L = layout.seq_len
+    body = backbone(model)
+    if share_chunk and not checkpointing_drops_cache(body):
+        gen_hidden, chunk_hidden = _shared_chunk_hidden(body, input_ids, generated, layout)
     else:
-        sequences = build_strided_sequence(input_ids, generated)  # [N, S]
-        N = sequences.shape[0]
-        mask, positions = build_strided_mask_and_positions(layout, G, dtype=_model_dtype(model), device=device)
-        hidden = decoder(
-            input_ids=sequences, attention_mask=mask, position_ids=positions.expand(N, -1), use_cache=False
-        ).last_hidden_state  # [N, S, H]
-        H = hidden.shape[-1]
-        rows = layout.prediction_rows(device).reshape(-1)  # [K*G], block-major
-        gen_hidden = hidden[:, rows].reshape(-1, H)  # [N*K*G, H]
-        chunk_hidden = hidden[::n, : L - 1].reshape(-1, H)  # [B*(L-1), H]
+        gen_hidden, chunk_hidden = _full_sequence_hidden(body, input_ids, generated, layout)
+    H = chunk_hidden.shape[-1]
     gen_lp = _chunked_token_logprobs(
-        model, gen_hidden, generated.reshape(-1).to(device), float(temperature), logits_chunk_size
+        model, gen_hidden.reshape(-1, H), generated.reshape(-1).to(input_ids.device), float(temperature),
+        logits_chunk_size,
     )
     chunk_lp = _chunked_token_logprobs(
-        model, chunk_hidden, input_ids[:, 1:].reshape(-1), 1.0, logits_chunk_size
+        model, chunk_hidden[:, : L - 1].reshape(-1, H), input_ids[:, 1:].reshape(-1), 1.0, logits_chunk_size
     )
     return gen_lp.reshape(B, n, K, G), chunk_lp.reshape(B, L - 1)
 
 
-SCORE_BLOCK_GROUPS = 4
-"""``share_chunk`` scoring feeds the generated tokens in this many groups of consecutive blocks (see
-:func:`_shared_chunk_hidden`)."""
+def _full_sequence_hidden(
+    body: nn.Module, input_ids: torch.Tensor, generated: torch.Tensor, layout: StridedLayout
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scoring hidden states from one forward over the full ``[B*n, S]`` strided sequences.
 
-
-def _checkpointing_drops_cache(decoder: nn.Module) -> bool:
-    """True when activation checkpointing is on and would drop the KV cache in a training forward."""
-    return bool(decoder.training and torch.is_grad_enabled() and getattr(decoder, "gradient_checkpointing", False))
-
-
-def block_groups(num_blocks: int, groups: int = 4) -> list[tuple[int, int]]:
-    """Split blocks ``0 … K-1`` into ``min(groups, K)`` ranges ``[k0, k1)`` of consecutive blocks."""
-    groups = max(1, min(groups, num_blocks))
-    bounds = [round(i * num_blocks / groups) for i in range(groups + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
-def _block_group_inputs(
-    model: nn.Module,
-    prefix_layers: list[tuple[torch.Tensor, torch.Tensor]],
-    layout: StridedLayout,
-    k0: int,
-    k1: int,
-    steps: int,
-    num_samples: int,
-) -> tuple[object, torch.Tensor, torch.Tensor]:
-    """KV cache, attention pattern and position ids to feed generation steps ``0 … steps-1`` of blocks
-    ``[k0, k1)`` after a chunk prefill (``prefix_layers``: per-layer cached ``(keys, values)`` of the chunk,
-    batch ``B``).
-
-    The group only sees the first ``P = C + (k1-1)*s`` chunk positions (its longest prefix), so the cache holds
-    ``keys[:, :, :P]`` expanded to ``B*num_samples`` rows (differentiable slicing and ``repeat_interleave``).
-    Tokens are fed step-major within the group (index ``t*Kg + j`` for block ``k0 + j``). Returns the cache,
-    ``allowed [steps*Kg, P + steps*Kg]`` (chunk columns ``< C + k*s``, own block's steps ``<= t``) and
-    ``position_ids [steps*Kg]`` (``C + k*s + t``).
+    Returns ``gen_hidden [B*n, K, G, H]`` (row ``prediction_rows[k, t]``, the row predicting token
+    ``(t, k)``) and ``chunk_hidden [B, L, H]`` (chunk rows of the first sample of every chunk).
     """
-    device = prefix_layers[0][0].device
-    Kg, P = k1 - k0, layout.context_len + (k1 - 1) * layout.stride
-    cache = _new_cache(model)
-    for i, (keys, values) in enumerate(prefix_layers):
-        cache.update(keys[:, :, :P], values[:, :, :P], i)  # type: ignore[attr-defined]
-    if num_samples > 1:
-        cache.batch_repeat_interleave(num_samples)  # type: ignore[attr-defined]
-    t_idx = torch.arange(steps, device=device).repeat_interleave(Kg)
-    k_idx = torch.arange(k0, k1, device=device).repeat(steps)
-    prefix = layout.context_len + k_idx * layout.stride
-    allowed = torch.cat(
-        [
-            torch.arange(P, device=device)[None, :] < prefix[:, None],
-            (k_idx[None, :] == k_idx[:, None]) & (t_idx[None, :] <= t_idx[:, None]),
-        ],
-        dim=1,
+    n = generated.shape[1]
+    device = input_ids.device
+    sequences = build_strided_sequence(input_ids, generated)  # [N, S]
+    mask, positions = build_strided_mask_and_positions(
+        layout, layout.gen_len, dtype=model_dtype(body), device=device
     )
-    return cache, allowed, prefix + t_idx
+    hidden = body(
+        input_ids=sequences, attention_mask=mask, position_ids=positions.expand(sequences.shape[0], -1),
+        use_cache=False,
+    ).last_hidden_state  # [N, S, H]
+    gen_hidden = hidden[:, layout.prediction_rows(device)]  # [N, K, G, H]
+    return gen_hidden, hidden[::n, : layout.seq_len]
 
 
 def _shared_chunk_hidden(
-    model: nn.Module, decoder: nn.Module, input_ids: torch.Tensor, generated: torch.Tensor, layout: StridedLayout
+    body: nn.Module, input_ids: torch.Tensor, generated: torch.Tensor, layout: StridedLayout
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final hidden states for scoring with the chunk computed once per chunk (``share_chunk=True``).
+    """Scoring hidden states with the chunk computed once per chunk (``share_chunk=True``).
 
-    Returns ``gen_hidden [B*n*K*G, H]`` (block-major rows predicting every generated token, the row order of
-    the unshared path) and ``chunk_hidden [B, L, H]``. The KV cache of the chunk forward keeps its autograd
-    graph, so gradients from the generated tokens of all ``n`` samples reach the chunk computation.
+    Same outputs as :func:`_full_sequence_hidden`: ``gen_hidden [B*n, K, G, H]`` and ``chunk_hidden
+    [B, L, H]``. Token ``(0, k)`` is predicted by chunk row ``C + k*s - 1`` (shared by the ``n`` samples);
+    token ``(t >= 1, k)`` by generated token ``(t - 1, k)``, so only steps ``0 … G-2`` are fed
+    (:func:`forward_block_groups`). The KV cache of the chunk keeps its autograd graph, so gradients from
+    the generated tokens of all ``n`` samples reach the chunk computation.
     """
     B, n, K, G = generated.shape
-    device = input_ids.device
-    cache = _new_cache(model)
-    cache_name = _cache_kwarg(decoder)
-    chunk_hidden = decoder(input_ids=input_ids, use_cache=True, **{cache_name: cache}).last_hidden_state  # [B, L, H]
+    (chunk_hidden,), cache = prefill_chunk(body, input_ids)  # [B, L, H]
     H = chunk_hidden.shape[-1]
-    # t = 0 is predicted by the last prefix token (a chunk row, shared by the n samples)
-    first = chunk_hidden[:, layout.prefix_ends(device) - 1]  # [B, K, H]
+    first = chunk_hidden[:, layout.prefix_ends(input_ids.device) - 1]  # [B, K, H]
     first = first[:, None].expand(B, n, K, H).reshape(B * n, K, 1, H)
     if G == 1:
-        return first.reshape(-1, H), chunk_hidden
-    # t >= 1 is predicted by the previous generated token of the same block: only the first G-1 steps are fed
-    # (the outputs of the last step predict nothing). The blocks are fed in groups of consecutive blocks: group
-    # [k0, k1) only attends the first C + (k1-1)*s chunk keys (its longest prefix), so the dense masked
-    # attention skips most of the chunk columns the early blocks can never see.
-    steps = G - 1
-    dtype = _model_dtype(model)
-    prefix_layers = [(layer.keys, layer.values) for layer in cache.layers]  # [B, heads, L, d] with grad
-    del cache
-    pieces = []
-    for k0, k1 in block_groups(K, SCORE_BLOCK_GROUPS):
-        Kg = k1 - k0
-        group_cache, allowed, positions = _block_group_inputs(model, prefix_layers, layout, k0, k1, steps, n)
-        tokens = generated[:, :, k0:k1, :steps].reshape(B * n, Kg, steps).transpose(1, 2).reshape(B * n, -1)
-        out = decoder(
-            input_ids=tokens.to(device=device, dtype=input_ids.dtype),
-            attention_mask=additive_mask(allowed, dtype)[None, None],
-            position_ids=positions[None].expand(B * n, -1),
-            use_cache=True,
-            **{cache_name: group_cache},
-        ).last_hidden_state  # [N, steps*Kg, H]: index t*Kg + j predicts token (t + 1, k0 + j)
-        pieces.append(out.reshape(B * n, steps, Kg, H).transpose(1, 2))
-        del group_cache
-    later = torch.cat(pieces, dim=1)  # [N, K, G-1, H]
-    gen_hidden = torch.cat([first, later], dim=2)  # [N, K, G, H]
-    return gen_hidden.reshape(-1, H), chunk_hidden
+        return first, chunk_hidden
+    (later,) = forward_block_groups(body, cache, generated, layout, steps=G - 1)  # [N, K, G-1, H]
+    return torch.cat([first, later], dim=2), chunk_hidden

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from ebft.features import (
     EMBED_METHODS,
+    FeatureConfig,
     FeatureNetwork,
     Features,
     LayerSelection,
@@ -312,8 +313,10 @@ def test_micro_batching_and_shared_chunk_match_one_batch(llama, embed_method: st
     full = compute_features(llama, input_ids, generated, **kwargs)
     for mbs in (1, 3, 4):  # 3 splits the replicas of a chunk across micro-batches
         _assert_same(full, compute_features(llama, input_ids, generated, micro_batch_size=mbs, **kwargs))
+    layout = StridedLayout(L, C, STRIDE, G)
     for mbs in (None, 1, 4):
-        shared = compute_features(llama, input_ids, generated, micro_batch_size=mbs, share_chunk=True, **kwargs)
+        config = FeatureConfig(embed_method=embed_method, whiten=True, micro_batch_size=mbs, share_chunk=True)
+        shared = compute_features(llama, input_ids, generated, layout, config)
         _assert_same(full, shared)
 
 
@@ -332,7 +335,7 @@ def test_eager_attention_base_model_and_layout_argument() -> None:
 def test_feature_network_is_frozen(llama) -> None:
     model = tiny_model("llama", seed=11, dropout=0.5)
     model.train()
-    net = FeatureNetwork(model, embed_method="mean_pooling", whiten=True, micro_batch_size=2)
+    net = FeatureNetwork(model, FeatureConfig(embed_method="mean_pooling", whiten=True, micro_batch_size=2))
     assert not model.training and not net.training
     assert all(not p.requires_grad for p in model.parameters())
     assert list(p for p in net.parameters() if p.requires_grad) == []
@@ -341,7 +344,7 @@ def test_feature_network_is_frozen(llama) -> None:
     input_ids, generated = random_batch(B=2, n=2)
     with torch.enable_grad():
         out1 = net(input_ids, generated, context_len=C, stride=STRIDE)
-        out2 = net(input_ids, generated, context_len=C, stride=STRIDE)
+        out2 = net(input_ids, generated, StridedLayout(L, C, STRIDE, G))
     assert not out1.samples.requires_grad and not out1.whitened_gt.requires_grad
     assert all(p.grad is None for p in model.parameters())
     _assert_same(out1, out2, atol=0)  # no dropout: deterministic

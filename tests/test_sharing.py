@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ebft.objectives import EBFTObjective
-from ebft.strided import strided_generate, strided_logprobs
+from ebft.strided import StridedLayout, strided_generate, strided_logprobs
 from tests.ddp_ebft_step import tiny_llama
 from tests.test_strided import tiny_model
 
@@ -50,7 +50,8 @@ def test_shared_chunk_logprobs_and_gradients_match_unshared(arch, attn, L, C, s,
     for name in grads0:
         torch.testing.assert_close(grads1[name], grads0[name], atol=1e-5, rtol=1e-4, msg=name)
     with torch.no_grad():  # no-grad path (reference / KL scoring)
-        g2, c2 = strided_logprobs(model, ids, gen, share_chunk=True, **kw)
+        g2, c2 = strided_logprobs(model, ids, gen, StridedLayout(L, C, s, G), share_chunk=True, temperature=T,
+                                  logits_chunk_size=7)
     torch.testing.assert_close(g2, g0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c2, c0, atol=1e-5, rtol=1e-5)
 

@@ -337,14 +337,16 @@ def test_cached_matches_recompute(arch, attn, L, C, s, G):
         use_cache=False,
         **kwargs,
     )
-    K = StridedLayout(L, C, s, G).num_blocks
+    layout = StridedLayout(L, C, s, G)
+    K = layout.num_blocks
     assert cached.step_logits.shape == (2, 3, K, G, VOCAB)
     torch.testing.assert_close(cached.step_logits, recomputed.step_logits, atol=ATOL, rtol=0)
     assert torch.equal(cached.tokens, recomputed.tokens)
     torch.testing.assert_close(cached.logprobs, recomputed.logprobs, atol=ATOL, rtol=0)
-    # the public wrappers draw the same tokens
-    tok = strided_generate(model, x, generator=torch.Generator().manual_seed(123), **kwargs)
-    tok_ref = strided_generate_recompute(model, x, generator=torch.Generator().manual_seed(123), **kwargs)
+    # the public wrappers, given the layout, draw the same tokens
+    sampling = dict(num_samples=3, temperature=0.7, top_p=0.9)
+    tok = strided_generate(model, x, layout, generator=torch.Generator().manual_seed(123), **sampling)
+    tok_ref = strided_generate_recompute(model, x, layout, generator=torch.Generator().manual_seed(123), **sampling)
     assert torch.equal(tok, cached.tokens) and torch.equal(tok_ref, cached.tokens)
     # samples of the same chunk differ (independent draws), and a different seed gives different tokens
     assert not torch.equal(cached.tokens[:, 0], cached.tokens[:, 1])
@@ -528,7 +530,7 @@ def test_bf16_model_smoke():
         generator=torch.Generator().manual_seed(0),
     )
     assert tokens.shape == (1, 2, 4, 4) and lp.dtype == torch.float32
-    gen_lp, chunk_lp = strided_logprobs(model, x, tokens, context_len=3, stride=2)
+    gen_lp, chunk_lp = strided_logprobs(model, x, tokens, StridedLayout(13, 3, 2, 4))
     assert gen_lp.dtype == torch.float32 and torch.isfinite(gen_lp).all() and torch.isfinite(chunk_lp).all()
     torch.testing.assert_close(gen_lp.detach(), lp, atol=0.1, rtol=0)
 

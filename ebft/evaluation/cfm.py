@@ -22,7 +22,7 @@ from ebft.data.packing import Packed
 from ebft.features import FeatureNetwork
 from ebft.objectives import rollout_seed
 from ebft.rewards import alignment, cfm_loss, diversity
-from ebft.strided import strided_sample
+from ebft.strided import StridedLayout, strided_sample
 
 
 @torch.no_grad()
@@ -40,18 +40,20 @@ def validation_cfm(
     batch_size: int = 4,
     seed: int = 0,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """CFM of ``model`` on ``packed`` chunks; returns (metrics, per-chunk details)."""
+    """CFM of ``model`` on ``packed`` chunks (``[N, L]``, geometry ``C = context_len``, ``s = stride``,
+    ``G = gen_len``); returns (metrics, per-chunk details)."""
     if num_samples < 2:
         raise ValueError("the unbiased CFM estimator needs num_samples >= 2")
+    layout = StridedLayout(packed.input_ids.shape[1], context_len, stride, gen_len)
     model.eval()
     device = next(model.parameters()).device
     per_block, per_chunk, align, div = [], [], [], []
     for i, start in enumerate(range(0, len(packed), batch_size)):
         ids = packed.input_ids[start : start + batch_size].to(device)
         generator = torch.Generator(device=device).manual_seed(rollout_seed(seed, 0, i))
-        sample = strided_sample(model, ids, context_len=context_len, stride=stride, gen_len=gen_len,
-                                num_samples=num_samples, temperature=temperature, top_p=top_p, generator=generator)
-        feats = features(ids, sample.tokens, context_len=context_len, stride=stride, whiten=False)
+        sample = strided_sample(model, ids, layout, num_samples=num_samples, temperature=temperature, top_p=top_p,
+                                generator=generator)
+        feats = features(ids, sample.tokens, layout, whiten=False)
         phi, psi = feats.reward_inputs(whitened=False)  # [b, K, n, D], [b, K, D]
         cfm = cfm_loss(phi, psi)  # [b, K]
         per_block.append(cfm.reshape(-1).cpu())
@@ -83,8 +85,6 @@ def cfm_by_length(
 ) -> tuple[dict[str, float], dict[str, object]]:
     """Validation CFM for each completion length ``G`` in ``gen_lens`` (paper Figures 1-2), other geometry
     fixed; every ``G`` must satisfy ``(L - G - C) mod s = 0``. Metrics ``eval/cfm_len{G}`` (+ ``_se``)."""
-    from ebft.strided import StridedLayout
-
     L = packed.input_ids.shape[1]
     for g in gen_lens:
         StridedLayout(L, context_len, stride, g)  # raises with the offending values
