@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 from ebft.config import TrainConfig
 from ebft.data.packing import Packed
 from ebft.features import FeatureNetwork
-from ebft.objectives import EBFTObjective, SFTObjective
+from ebft.methods.ebft import EBFTObjective
+from ebft.methods.sft import SFTObjective
 from ebft.rewards import rloo_advantages
 from ebft.strided import (
     strided_generate,
@@ -121,10 +122,10 @@ def rlvr_steps(steps: int = 5) -> dict:
     """RLVR in bf16 autocast: a BPE tokenizer trained here, a random Qwen2, a chrF reward on echo prompts."""
     import tempfile
 
-    from ebft.cli import RecordDataset, collate_records
-    from ebft.objectives import RLVRObjective
+    from ebft.methods.rlvr import RLVRObjective
     from ebft.rewards import TranslationMetricReward
     from ebft.tokenizer import train_bpe
+    from ebft.train import RecordDataset, collate_records
 
     words = [f"item{i} value{i * 7 % 13}" for i in range(200)]
     tok = train_bpe([f"Repeat: {w}\n {w}\n" for w in words] * 5, 600, tempfile.mkdtemp())

@@ -245,7 +245,8 @@ def bench_sampler(g: dict[str, Any], repeats: int) -> dict[str, Any]:
 
 
 def bench_step(g: dict[str, Any], repeats: int) -> dict[str, Any]:
-    from ebft.objectives import EBFTObjective, SFTObjective
+    from ebft.methods.ebft import EBFTObjective
+    from ebft.methods.sft import SFTObjective
     from ebft.rewards import alignment, block_to_token_advantages, cfm_loss, diversity, rloo_advantages
     from ebft.strided import StridedLayout, strided_logprobs, strided_sample
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ebft.config import TrainConfig
 from ebft.data.packing import Packed
-from ebft.objectives import EBFTObjective
+from ebft.methods.ebft import EBFTObjective
 from ebft.trainer import Trainer, read_log
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebft.objectives import EBFTObjective, masked_token_nll, rollout_seed
+from ebft.methods.base import rollout_seed
+from ebft.methods.ebft import EBFTObjective
+from ebft.methods.sft import masked_token_nll
 from tests.ddp_ebft_step import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]

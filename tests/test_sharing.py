@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ebft.objectives import EBFTObjective
+from ebft.methods.ebft import EBFTObjective
 from ebft.strided import StridedLayout, strided_generate, strided_logprobs
 from tests.ddp_ebft_step import tiny_llama
 from tests.test_strided import tiny_model

@@ -20,7 +20,7 @@ import torch
 
 from ebft.data.packing import Packed
 from ebft.features import FeatureNetwork
-from ebft.objectives import rollout_seed
+from ebft.methods.base import rollout_seed
 from ebft.rewards import alignment, cfm_loss, diversity
 from ebft.strided import StridedLayout, strided_sample
 

@@ -3,7 +3,10 @@
 ``ebft evaluate <command>`` builds an :class:`EvalJob` from its arguments and calls :data:`RUNNERS` of the
 group (:data:`ebft.evaluation.EVALUATIONS` says what each group reads). The metric code itself lives in the
 group's module (:mod:`~ebft.evaluation.ce`, :mod:`~ebft.evaluation.cfm`, :mod:`~ebft.evaluation.code`,
-:mod:`~ebft.evaluation.translation`); this module only wires models, data and results together.
+:mod:`~ebft.evaluation.translation`); this module only wires models, data and results together. Every job
+reads its split with :func:`ebft.data.jsonl.read_split` before a model loads, validated against the task's
+kind (``unit_tests``: code_qa, ``translation``: translation, ``ce``/``cfm``: the task spec's), so a bad
+record fails at once naming ``file:line`` and the key, and an empty split fails naming the file.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ebft.data.jsonl import read_jsonl
+from ebft.data.jsonl import read_jsonl, read_split
 
 log = logging.getLogger("ebft")
 
@@ -51,13 +54,18 @@ def _write(job: EvalJob, group: str, metrics: dict[str, Any], details: Any, conf
                                       config=dict(config)))
 
 
-def _packed(job: EvalJob, tok: Any) -> Any:
-    """The validation split packed like training data (``max_chunks`` caps it)."""
+def _split(job: EvalJob, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of the job's split (``--data``), each validated against ``kind`` (default: the task spec's),
+    read before any model loads; errors name ``file:line`` and the key, or the file of an empty split."""
+    return read_split(job.require("data"), kind or job.require("task_spec")["kind"])
+
+
+def _packed(job: EvalJob, tok: Any, records: list[dict[str, Any]]) -> Any:
+    """The validation split's ``records`` packed like training data (``max_chunks`` caps it)."""
     from ebft.data.packing import pack_records
 
     task_spec = job.require("task_spec")
-    return pack_records(read_jsonl(job.require("data")), tok, task_spec["seq_len"], task_spec["kind"],
-                        max_chunks=job.spec.get("max_chunks"))
+    return pack_records(records, tok, task_spec["seq_len"], task_spec["kind"], max_chunks=job.spec.get("max_chunks"))
 
 
 def run_ce(job: EvalJob) -> None:
@@ -65,8 +73,9 @@ def run_ce(job: EvalJob) -> None:
     from ebft.evaluation.ce import validation_ce
     from ebft.modeling import load_model, load_tokenizer
 
+    records = _split(job)
     tok, model = load_tokenizer(job.model), load_model(job.model)
-    packed = _packed(job, tok)
+    packed = _packed(job, tok, records)
     t0 = time.time()
     metrics, counts = validation_ce(model, packed, batch_size=job.spec.get("batch_size", 16))
     log.info("CE of %s on %d chunks in %.1fs: %s", job.model, len(packed), time.time() - t0, metrics)
@@ -75,18 +84,19 @@ def run_ce(job: EvalJob) -> None:
 
 def _run_cfm(job: EvalJob, by_length: bool) -> None:
     from ebft.evaluation.cfm import cfm_by_length, validation_cfm
-    from ebft.features import FeatureNetwork
+    from ebft.features import FeatureConfig, FeatureNetwork
     from ebft.modeling import load_model, load_tokenizer
 
     spec, task_spec = job.spec, job.require("task_spec")
     geometry = task_spec.get("geometry")
     if geometry is None:
         raise ValueError(f"task spec has no geometry: {dict(task_spec)}")
+    records = _split(job)
     tok, model = load_tokenizer(job.model), load_model(job.model)
     features = FeatureNetwork(load_model(job.require("feature_model")),
-                              hidden_state_method=spec.get("hidden_state_method", "concat"),
-                              embed_method=task_spec.get("embed_method", "last_token"))
-    packed = _packed(job, tok)
+                              FeatureConfig(hidden_state_method=spec.get("hidden_state_method", "concat"),
+                                            embed_method=task_spec.get("embed_method", "last_token")))
+    packed = _packed(job, tok, records)
     sampling = {"num_samples": spec.get("num_samples", 4), "temperature": spec.get("temperature", 1.0),
                 "top_p": spec.get("top_p", 1.0), "batch_size": spec.get("batch_size", 4), "seed": spec.get("seed", 0)}
     t0 = time.time()
@@ -117,7 +127,7 @@ def run_translation(job: EvalJob) -> None:
     from ebft.modeling import load_model, load_tokenizer
 
     spec = job.spec
-    records = read_jsonl(job.require("data"))
+    records = _split(job, "translation")
     if spec.get("max_examples"):
         records = records[: spec["max_examples"]]
     tok, model = load_tokenizer(job.model), load_model(job.model)
@@ -181,7 +191,7 @@ def run_unit_tests(job: EvalJob) -> None:
     """The code_qa test split's unit tests in the sandbox."""
     from ebft.evaluation.code import code_qa_problems
 
-    _run_code(job, code_qa_problems(read_jsonl(job.require("data"))), "unit_tests")
+    _run_code(job, code_qa_problems(_split(job, "code_qa")), "unit_tests")
 
 
 def score_humaneval_samples(samples: str | Path, spec: Mapping[str, Any], out: str | Path) -> dict[str, Any]:

@@ -9,9 +9,12 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from ebft import rewards
 from ebft.config import ConfigError
+from ebft.features import FeatureConfig, FeatureNetwork
 from ebft.methods import TrainJob
 from ebft.methods.base import SamplingConfig, frozen_reference, rollout_seed
+from ebft.strided import StridedLayout, strided_logprobs, strided_sample
 
 
 @dataclass(frozen=True)
@@ -70,18 +73,24 @@ class EBFTObjective:
         self,
         config: EBFTConfig | Mapping[str, Any],
         *,
-        context_len: int,
-        stride: int,
-        gen_len: int,
         feature_model: torch.nn.Module,
+        layout: StridedLayout | None = None,
+        context_len: int | None = None,
+        stride: int | None = None,
+        gen_len: int | None = None,
         embed_method: str = "last_token",
         seed: int = 0,
         reference_model: torch.nn.Module | None = None,
     ) -> None:
-        from ebft.features import FeatureNetwork
-
+        """``layout``: the strided geometry of the training chunks; or ``context_len``/``stride``/``gen_len``,
+        and the layout is built for each chunk length seen."""
         self.config = cfg = EBFTConfig.coerce(config)
-        self.C, self.s, self.G = context_len, stride, gen_len
+        if (layout is None) == (context_len is None or stride is None or gen_len is None):
+            raise ValueError("EBFTObjective: give either layout or context_len, stride and gen_len")
+        self.layout = layout
+        self.geometry = (layout.context_len, layout.stride, layout.gen_len) if layout else (context_len, stride,
+                                                                                            gen_len)
+        self.G = self.geometry[2]
         self.n, self.temperature, self.top_p = cfg.num_samples, cfg.temperature, cfg.top_p
         self.rl_coef, self.ce_coef, self.kl_coef = cfg.rl_coef, cfg.ce_coef, cfg.kl_coef
         self.alpha, self.beta = cfg.alignment_coef, cfg.diversity_coef
@@ -91,15 +100,22 @@ class EBFTObjective:
         # and in the policy forward/backward (same values and gradients up to round-off, tests/test_sharing.py)
         self.share_chunk = cfg.share_chunk
         micro_rows = cfg.micro_rollout_batch_size
-        self.features = FeatureNetwork(
-            feature_model,
+        self.features = FeatureNetwork(feature_model, FeatureConfig(
             hidden_state_method=cfg.hidden_state_method,
             embed_method=cfg.embed_method or embed_method,
             whiten=self.whitening,
             micro_batch_size=None if micro_rows is None else micro_rows * self.n,
             share_chunk=self.share_chunk,
-        )
+        ))
         self.reference = frozen_reference(reference_model, self.kl_coef, "ebft")
+
+    def layout_for(self, seq_len: int) -> StridedLayout:
+        """The strided layout of chunks of ``seq_len`` tokens (built once per length)."""
+        if self.layout is None or self.layout.seq_len != seq_len:
+            C, s, G = self.geometry
+            self.layout = StridedLayout(seq_len=seq_len, context_len=C, stride=s, gen_len=G)
+        return self.layout
+
     def setup(self, accelerator: Accelerator, model: torch.nn.Module) -> None:
         self.accelerator = accelerator
         self.features.to(accelerator.device)
@@ -109,23 +125,20 @@ class EBFTObjective:
     def compute_loss(
         self, model: torch.nn.Module, batch: dict[str, Any], step: int, micro: int = 0
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        from ebft.rewards import alignment, block_to_token_advantages, cfm_loss, diversity, rloo_advantages
-        from ebft.strided import strided_logprobs, strided_sample
-
         ids = batch["input_ids"]
-        geometry = {"context_len": self.C, "stride": self.s}
+        layout = self.layout_for(ids.shape[1])
         generator = torch.Generator(device=ids.device).manual_seed(rollout_seed(self.seed, step, micro))
-        sample = strided_sample(model, ids, gen_len=self.G, num_samples=self.n, temperature=self.temperature,
-                                top_p=self.top_p, generator=generator, **geometry)
+        sample = strided_sample(model, ids, layout, num_samples=self.n, temperature=self.temperature,
+                                top_p=self.top_p, generator=generator)
         tokens = sample.tokens  # [b, n, K, G]
-        feats = self.features(ids, tokens, **geometry)
+        feats = self.features(ids, tokens, layout)
         phi, psi = feats.reward_inputs(whitened=self.whitening)  # [b, K, n, D], [b, K, (n,) D]
-        a, d = alignment(phi, psi), diversity(phi)  # [b, K, n]
-        adv = rloo_advantages(a, d, self.alpha, self.beta)  # [b, K, n]
-        token_adv = block_to_token_advantages(adv.transpose(1, 2), self.G)  # [b, n, K, G]
+        a, d = rewards.alignment(phi, psi), rewards.diversity(phi)  # [b, K, n]
+        adv = rewards.rloo_advantages(a, d, self.alpha, self.beta)  # [b, K, n]
+        token_adv = rewards.block_to_token_advantages(adv.transpose(1, 2), self.G)  # [b, n, K, G]
 
-        gen_lp, chunk_lp = strided_logprobs(model, ids, tokens, temperature=self.temperature,
-                                            share_chunk=self.share_chunk, **geometry)
+        gen_lp, chunk_lp = strided_logprobs(model, ids, tokens, layout, temperature=self.temperature,
+                                            share_chunk=self.share_chunk)
         rl_loss = -(token_adv.detach().to(gen_lp.dtype) * gen_lp).mean()
         real = (batch["doc_ids"][:, 1:] >= 0).to(chunk_lp.dtype) if "doc_ids" in batch else torch.ones_like(chunk_lp)
         ce = -(chunk_lp * real).sum() / real.sum().clamp_min(1.0)
@@ -133,12 +146,12 @@ class EBFTObjective:
         kl = torch.zeros((), device=ids.device)
         if self.reference is not None:
             with torch.no_grad():
-                ref_lp, _ = strided_logprobs(self.reference, ids, tokens, temperature=self.temperature,
-                                             share_chunk=self.share_chunk, **geometry)
+                ref_lp, _ = strided_logprobs(self.reference, ids, tokens, layout, temperature=self.temperature,
+                                             share_chunk=self.share_chunk)
             kl = 0.5 * (gen_lp - ref_lp).pow(2).mean()
             loss = loss + self.kl_coef * kl
         raw_phi, raw_psi = feats.reward_inputs(whitened=False)
-        cfm = cfm_loss(raw_phi, raw_psi).mean() if self.n >= 2 else torch.full((), float("nan"))
+        cfm = rewards.cfm_loss(raw_phi, raw_psi).mean() if self.n >= 2 else torch.full((), float("nan"))
         reward = (self.alpha * a - self.beta * d).mean()
         metrics = {
             "train/loss": float(loss.detach()),
@@ -171,5 +184,6 @@ def build(config: EBFTConfig, job: TrainJob) -> EBFTObjective:
         raise ConfigError(f"tasks.{job.task}.geometry is required for EBFT")
     feature_model = load_model(job.feature_model or job.init)
     reference = load_model(job.init) if config.kl_coef > 0 else None
-    return EBFTObjective(config, feature_model=feature_model, reference_model=reference,
-                         embed_method=job.task_spec.get("embed_method", "last_token"), seed=job.seed, **geometry)
+    layout = StridedLayout(seq_len=job.task_spec["seq_len"], **geometry)
+    return EBFTObjective(config, layout=layout, feature_model=feature_model, reference_model=reference,
+                         embed_method=job.task_spec.get("embed_method", "last_token"), seed=job.seed)
