@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ebft.config import TrainConfig
-from ebft.data.jsonl import interleave, read_jsonl, read_records
+from ebft.data.jsonl import interleave, read_split
+from ebft.data.manifest import manifest_kind, verify_split
 from ebft.methods import TrainJob, get_method
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,27 @@ def collate_records(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"records": rows}
 
 
+def read_train_split(path: str | Path, kind: str) -> list[dict[str, Any]]:
+    """A task's training split: every record valid for ``kind`` (errors name ``file:line`` and the key), at
+    least one record, and the file's SHA-256 as ``prepare-data`` recorded it in the manifest next to it."""
+    rows = read_split(path, kind)
+    verify_split(path)
+    return rows
+
+
+def read_corpora(data: list[str]) -> list[dict[str, Any]]:
+    """The records of several tasks' train splits, interleaved (a prefix samples every corpus); each split is
+    checked by :func:`read_train_split` against its task's kind from its manifest (``unstructured``, the
+    common keys, when it has none)."""
+    return interleave([read_train_split(p, manifest_kind(p) or "unstructured") for p in data])
+
+
 def train_tokenizer(data: list[str], vocab_size: int, max_chars: int, out: str | Path) -> int:
     """Train the tiny default's byte-level BPE on question + answer texts of ``data`` (interleaved, so the
     character budget samples every corpus); returns the vocabulary size."""
     from ebft.tokenizer import limited, train_bpe
 
-    texts = (r.get("question", "") + r["answer"] for r in interleave([read_jsonl(p) for p in data]))
+    texts = (r["question"] + r["answer"] for r in read_corpora(data))
     return len(train_bpe(limited(texts, max_chars), vocab_size, out))
 
 
@@ -53,8 +69,8 @@ def pretrain(tokenizer: str | Path, data: list[str], spec: Mapping[str, Any], ou
     from ebft.modeling import build_tiny_model, count_parameters, load_tokenizer
     from ebft.trainer import Trainer
 
+    records = read_corpora(data)
     tok = load_tokenizer(tokenizer)
-    records = interleave([read_jsonl(p) for p in data])
     pt = spec["pretrain"]
     packed = pack_records(records, tok, pt["seq_len"], "unstructured")
     model = build_tiny_model(dict(spec), tok, seed=pt.get("seed", 0))
@@ -80,9 +96,9 @@ def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | P
         raise ValueError(f"{method} needs a verifiable reward; task {job.task} of kind {kind!r} has none")
     cfg = TrainConfig.from_dict(dict(spec), seed=job.seed, seq_len=job.task_spec["seq_len"])
     method_cfg = entry.config(spec, f"methods.{method}")
+    train_rows = read_train_split(Path(data_dir) / "train.jsonl", kind)  # before the model: fails in seconds
     tok = load_tokenizer(job.init)
     model = load_model(job.init)
-    train_rows = read_records([Path(data_dir) / "train.jsonl"])
     objective = entry.build(method_cfg, job)
     collate = None
     if entry.inputs == "prompts":

@@ -11,7 +11,8 @@ Files of one run (``out_dir`` is ``results/runs/{task}/{method}/{variant}/seed{s
 
     out_dir/model/                 final HF checkpoint (declared output)
     out_dir/checkpoints/step{N}/   HF checkpoints at the configured steps (declared outputs)
-    out_dir/train_log.jsonl        one JSON object per logged step (declared output)
+    out_dir/train_log.jsonl        one JSON object per logged step (declared output); non-finite metric
+                                   values are written as null (e.g. EBFT's ``ebft/cfm`` with one sample)
     out_dir/resume/                NOT a declared output, so Snakemake leaves it alone on a rerun:
         latest.json                step, epoch, data position and config fingerprint of the newest state
         state-step{N}/             accelerate state (model, optimizer, scheduler, RNG) + objective state
@@ -165,7 +166,7 @@ class Trainer:
     def _write_log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             with open(self._log_path(), "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+                fh.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
 
     def _truncate_log(self, step: int) -> None:
         path = self._log_path()
@@ -386,8 +387,21 @@ def average_gradients(model: torch.nn.Module, world: int) -> None:
         offset += g.numel()
 
 
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf), also inside dicts and lists, as ``None``, so that
+    ``train_log.jsonl`` stays valid JSON (``json.dumps`` would write the bare token ``NaN``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The step records of a ``train_log.jsonl`` (events such as start/resume/end are skipped)."""
+    """The step records of a ``train_log.jsonl`` (events such as start/resume/end are skipped); a metric
+    that was not finite reads as ``None``."""
     with open(path) as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     return [r for r in rows if "event" not in r]

@@ -1,4 +1,5 @@
-"""JSON-lines reading with precise error locations, and atomic writing."""
+"""JSON-lines reading with precise error locations, validated task splits (:func:`read_split`), and atomic
+writing."""
 
 from __future__ import annotations
 
@@ -52,6 +53,20 @@ def read_jsonl(path: str | os.PathLike[str], validate_kind: str | None = None) -
     return rows
 
 
+def read_split(path: str | os.PathLike[str], kind: str) -> list[dict[str, Any]]:
+    """Read a task split, validating every record against ``kind``; every job that reads a split calls this.
+
+    Raises:
+        RecordError: (a ValueError) for a record with a missing, null or empty required key, naming
+            ``path:line`` and the key (see :func:`ebft.data.records.validate_record` for what may be empty).
+        ValueError: for invalid JSON (``path:line``) or a split without records (``path: empty split``).
+    """
+    rows = read_jsonl(path, validate_kind=kind)
+    if not rows:
+        raise ValueError(f"{path}: empty split (no records)")
+    return rows
+
+
 def _atomic_write_text(path: Path, chunks: Iterable[str]) -> None:
     """Write text to ``path`` through a temporary file in the same directory and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,14 +99,6 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write one JSON document (indented, sorted keys, trailing newline) atomically."""
     _atomic_write_text(Path(path), [json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n"])
-
-
-def read_records(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """The records of several JSON-lines files, concatenated in order."""
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        rows.extend(read_jsonl(path))
-    return rows
 
 
 def interleave(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -20,17 +20,19 @@
 
 The manifest holds the task, source, kind, seed, per-split counts and file SHA-256 digests, and the
 ``data_cfg`` that produced them; it has no timestamps, so the same config gives byte-identical output.
+Training checks the train split against its digest (:func:`ebft.data.manifest.verify_split`), so a split
+edited after ``prepare-data`` is refused rather than trained on.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ebft.data import code_qa, code_unstructured, hub, translation
 from ebft.data.jsonl import write_json, write_jsonl
+from ebft.data.manifest import MANIFEST_NAME, sha256_file
 from ebft.data.records import SPLITS, RecordError, check_task_kind, validate_records
 
 Splits = dict[str, list[dict[str, Any]]]
@@ -42,8 +44,6 @@ SOURCE_KINDS: dict[str, str | None] = {
     "hub": None,  # from data_cfg["kind"]
 }
 """Data sources and the record kind each produces."""
-
-MANIFEST_NAME = "manifest.json"
 
 
 def _require(cfg: Mapping[str, Any], key: str, task_name: str) -> Any:
@@ -152,11 +152,6 @@ def _check_unique_ids(splits: Splits, task_name: str) -> None:
             owner[rec["id"]] = split
 
 
-def _sha256(path: Path) -> str:
-    """The hex SHA-256 digest of a file."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def prepare_task(task_name: str, data_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Build, validate and write a task's splits; return the manifest (also written to ``manifest.json``).
 
@@ -173,7 +168,7 @@ def prepare_task(task_name: str, data_cfg: dict[str, Any], out_dir: Path) -> dic
     for split in SPLITS:
         path = out_dir / f"{split}.jsonl"
         write_jsonl(path, splits[split])
-        files[split] = {"file": path.name, "rows": len(splits[split]), "sha256": _sha256(path)}
+        files[split] = {"file": path.name, "rows": len(splits[split]), "sha256": sha256_file(path)}
     manifest = {
         "task": task_name,
         "source": data_cfg["source"],

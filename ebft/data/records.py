@@ -16,6 +16,12 @@ Task kinds add keys:
 - ``unstructured`` and ``qa``: nothing beyond the common keys.
 
 Extra keys are allowed (for example ``path`` on stdlib documents) and kept as they are.
+
+A required key must be present and a string (``null`` is rejected) that is not empty or whitespace-only; the
+one exception is the ``question`` of ``unstructured`` records. ``prepare-data`` validates what it writes,
+and every job that reads a split validates it again (:func:`ebft.data.jsonl.read_split`: training, RLVR
+prompts, the tokenizer and pretraining corpora, evaluation), so a record edited or written by hand fails
+naming ``file:line`` and the key rather than deep inside tokenization or when RLVR draws it.
 """
 
 from __future__ import annotations

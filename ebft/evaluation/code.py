@@ -52,9 +52,15 @@ def score_samples(
     Returns ``{"pass@1": ..., "pass@k": ..., "num_problems", "num_samples", "per_task": {task_id: {n, c,
     pass@k...}}, "per_sample": [{task_id, completion_index, status, reason}]}``. ``cache`` (program ->
     result) may be shared between calls on the same problems.
+
+    Raises:
+        ValueError: naming ``where`` for an empty ``samples`` list, a sample without ``task_id`` or
+            ``completion``, or an unknown ``task_id``.
     """
     from ebft.sandbox import check_many
 
+    if not samples:
+        raise ValueError(f"{where}: no samples (empty file?); nothing to score, so no pass@k")
     for i, s in enumerate(samples):
         if "task_id" not in s or "completion" not in s:
             raise ValueError(f"{where}: sample {i} lacks 'task_id' or 'completion': {sorted(s)}")

@@ -66,6 +66,7 @@ def package_versions() -> dict[str, str]:
 
 
 def _finite(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    """The metrics with non-finite values (NaN, ±inf) as ``None`` (``null`` in the file; the report shows NaN)."""
     return {k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in metrics.items()}
 
 
@@ -129,8 +130,17 @@ def write_result(path: str | Path, result: dict[str, Any]) -> None:
 
 
 def read_result(path: str | Path) -> dict[str, Any]:
+    """A result file, validated against :data:`SCHEMA` (non-finite metrics are ``null``, see :func:`_finite`).
+
+    Raises:
+        ValueError: naming ``path`` for a file that is not JSON (e.g. truncated) or breaks the schema.
+    """
     with open(path) as fh:
-        result = json.load(fh)
+        try:
+            result = json.load(fh)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno} column {err.colno}); "
+                             "a truncated result file? rerun its evaluation") from err
     try:
         jsonschema.validate(result, SCHEMA)
     except jsonschema.ValidationError as err:

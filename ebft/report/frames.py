@@ -36,7 +36,14 @@ DOWNSTREAM = ["eval/unit_tests_greedy", "eval/humaneval_greedy", "eval/comet", "
 
 
 def load_results(paths: list[Path]) -> pd.DataFrame:
-    """Tidy frame of every metric in ``paths`` (columns: task, method, variant, seed, step, metric, value)."""
+    """Tidy frame of every metric in ``paths`` (columns: task, method, variant, seed, step, metric, value).
+
+    ``value`` is NaN where a result file stored ``null``: the metric was not finite.
+
+    Raises:
+        ValueError: naming the file that is not a valid result (e.g. truncated JSON), see
+            :func:`ebft.evaluation.results.read_result`.
+    """
     rows = []
     for path in paths:
         res = read_result(path)

@@ -4,6 +4,11 @@ Tables show final models (``step`` is null) of the tidy frame (:mod:`ebft.report
 (method, variant), one column per metric, mean over seeds (with the standard deviation in a second column when
 there is more than one seed; the HTML shows ``mean ± std``). Row names and order come from
 :func:`ebft.report.frames.row_names` and :data:`ebft.report.frames.ROW_KINDS`.
+
+A metric that was not finite (``null`` in its result file, NaN in the frame) for any seed of a row makes the
+row's mean NaN: the CSV cell is empty, the HTML cell reads ``NaN`` and a note under the table names the
+metric, while a metric a model was not evaluated on stays a blank cell in both. The table carries the
+non-finite cells in ``table.attrs["nonfinite"]`` (``(method, variant, metric)`` triples).
 """
 
 from __future__ import annotations
@@ -44,10 +49,10 @@ def task_table(frame: pd.DataFrame, task: str, meta: dict[str, Any] | None = Non
         index = pd.MultiIndex.from_tuples([], names=["method", "variant"])
         return pd.DataFrame(columns=["row", "kind", "init", "seeds"], index=index)
     grouped = final.groupby(["method", "variant", "metric"], observed=True)["value"]
-    table = grouped.mean().unstack("metric")
+    table = grouped.mean(skipna=False).unstack("metric")  # one NaN seed makes the mean NaN, not hides it
     seeds = final.groupby(["method", "variant"], observed=True)["seed"].nunique()
     if (seeds > 1).any():
-        std = grouped.std().unstack("metric").add_suffix(" (std)")
+        std = grouped.std(skipna=False).unstack("metric").add_suffix(" (std)")
         table = table.join(std)
         metrics = [c for c in table.columns if not c.endswith(" (std)")]
         table = table[[c for m in metrics for c in (m, f"{m} (std)")]]
@@ -59,7 +64,17 @@ def task_table(frame: pd.DataFrame, task: str, meta: dict[str, Any] | None = Non
     table.insert(0, "kind", [row_kind(m, variant_params(meta, task, m, v)) for m, v in keys])
     table.insert(0, "row", [names[k] for k in keys])
     order = sorted(range(len(keys)), key=lambda i: (kind_order(*keys[i], task, meta), keys[i][1]))
-    return table.iloc[order]
+    table = table.iloc[order]
+    table.attrs["nonfinite"] = nonfinite_cells(final)
+    return table
+
+
+def nonfinite_cells(final: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """``(method, variant, metric)`` of the rows of ``final`` whose value is NaN: a result file stored the
+    metric as ``null`` because it was not finite (:func:`ebft.evaluation.results._finite`)."""
+    bad = final[final["value"].isna()]
+    return sorted({(str(m), str(v), str(k)) for m, v, k in zip(bad["method"], bad["variant"], bad["metric"],
+                                                                   strict=True)})
 
 
 def ablation_table(frame: pd.DataFrame, task: str, meta: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -70,7 +85,9 @@ def ablation_table(frame: pd.DataFrame, task: str, meta: dict[str, Any] | None =
     params = [variant_params(meta, task, "ebft", v) for _, v in table.index]
     metrics = [c for c in table.columns if c not in NON_METRIC]
     out = pd.DataFrame({p: [pr.get(p) for pr in params] for p in ABLATION_PARAMS}, index=table.index)
-    return out.join(table[["seeds", *metrics]])
+    out = out.join(table[["seeds", *metrics]])
+    out.attrs["nonfinite"] = table.attrs.get("nonfinite", [])
+    return out
 
 
 def _fmt(value: Any, std: Any = None) -> str:
@@ -86,6 +103,32 @@ def _fmt(value: Any, std: Any = None) -> str:
     return str(value)
 
 
+def _cell(rec: pd.Series, column: str, key: tuple[str, str], nonfinite: set[tuple[str, str, str]]) -> str:
+    """Text of one HTML cell: ``NaN`` for a metric that was not finite, else :func:`_fmt` (blank: absent)."""
+    if (str(key[0]), str(key[1]), column) in nonfinite:
+        return "NaN"
+    return _fmt(rec[column], rec.get(f"{column} (std)"))
+
+
+#: The note under a table with NaN cells.
+NAN_NOTE = "NaN: the metric was not finite for this model (e.g. CFM with fewer than 2 samples)"
+
+
+def _nan_note(table: pd.DataFrame, nonfinite: set[tuple[str, str, str]], columns: list[str]) -> str:
+    """A paragraph naming the metrics shown as NaN and their rows ('' when there are none)."""
+    rows = {(str(m), str(v)): str(table.loc[(m, v)]["row"]) if "row" in table.columns else f"{m} {v}"
+            for m, v in table.index}
+    shown: dict[str, list[str]] = {}
+    for method, variant, metric in sorted(nonfinite):
+        if (method, variant) in rows and metric in columns:
+            shown.setdefault(metric, []).append(rows[(method, variant)])
+    if not shown:
+        return ""
+    which = "; ".join(f"{m} ({', '.join(names)})" for m, names in shown.items())
+    return (f"<p class='nan-note'>{html_lib.escape(NAN_NOTE)}, for at least one seed; its result file stores "
+            f"null. Not finite: {html_lib.escape(which)}.</p>")
+
+
 def table_html(table: pd.DataFrame, task: str, paper: dict[str, dict[str, Any]] | None = None,
                paper_title: str = "") -> str:
     """HTML of a task table: mean ± std cells; with ``paper``, the paper's numbers as labelled rows right
@@ -98,14 +141,15 @@ def table_html(table: pd.DataFrame, task: str, paper: dict[str, dict[str, Any]] 
     lines = ["<table class='ebft-table'>", "<thead><tr>" + "".join(f"<th>{html_lib.escape(h)}</th>" for h in head)
              + "</tr></thead>", "<tbody>"]
     kinds_done: set[str] = set()
+    nonfinite = {tuple(cell) for cell in table.attrs.get("nonfinite", ())}
     keys = list(table.index)
     for i, key in enumerate(keys):
         rec = table.loc[key]
         if "row" in table.columns:
             cells = [f"<th>{html_lib.escape(str(rec['row']))}</th>", key[0], key[1], rec["init"], rec["seeds"]]
-            cells += [_fmt(rec[m], rec.get(f"{m} (std)")) for m in metrics]
+            cells += [_cell(rec, m, key, nonfinite) for m in metrics]
         else:
-            cells = [key[1]] + [_fmt(rec[c], rec.get(f"{c} (std)")) for c in head[1:]]
+            cells = [key[1]] + [_cell(rec, c, key, nonfinite) for c in head[1:]]
         lines.append("<tr>" + "".join(c if str(c).startswith("<th>") else f"<td>{html_lib.escape(str(c))}</td>"
                                       for c in cells) + "</tr>")
         if paper and "row" in table.columns:
@@ -119,6 +163,9 @@ def table_html(table: pd.DataFrame, task: str, paper: dict[str, dict[str, Any]] 
             if kind not in kinds_done:
                 lines.append(_paper_row(kind, values, metrics))
     lines.append("</tbody></table>")
+    note = _nan_note(table, nonfinite, head)
+    if note:
+        lines.append(note)
     if paper:
         sources = sorted({f"{v['source']} [{v['confidence']}]" for vals in paper.values() for v in vals.values()})
         lines.append("<p class='paper-note'>Rows marked <b>paper</b> are the values reported by "
