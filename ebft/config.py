@@ -11,6 +11,7 @@ sections into dataclasses and owns the two pieces of config logic that both the 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -24,7 +25,14 @@ from ebft.methods import METHODS, REGISTRY
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
-__all__ = ["METHODS", "ConfigError", "TrainConfig", "Run", "EvalJob", "run_grid", "eval_plan", "task_variants"]
+__all__ = ["METHODS", "ConfigError", "TrainConfig", "Run", "EvalJob", "run_grid", "eval_plan", "task_variants",
+           "TRAIN_TASK_KEYS", "train_task_spec", "data_hash"]
+
+#: The keys of ``tasks.<task>`` a training job reads (:attr:`ebft.methods.TrainJob.task_spec`): the record
+#: kind (packing, RLVR's verifier), the chunk length, EBFT's strided geometry and feature pooling. The
+#: training rules get only these, so editing another key of the task (``evaluations``, say) does not change
+#: their params and does not retrain; ``base_model``/``feature_model`` reach them as input paths instead.
+TRAIN_TASK_KEYS: tuple[str, ...] = ("kind", "seq_len", "geometry", "embed_method")
 
 
 class ConfigError(ValueError):
@@ -271,6 +279,19 @@ def eval_plan(config: dict[str, Any], runs: list[Run]) -> list[EvalJob]:
                 for ckpt in ["final", *[f"step{s}" for s in steps]]:
                     jobs.append(EvalJob(group, task, run.method, run.variant, run.seed, ckpt))
     return jobs
+
+
+def train_task_spec(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """The part of ``tasks.<task>`` a training job reads (:data:`TRAIN_TASK_KEYS`, those that are set)."""
+    spec = config["tasks"][task]
+    return {k: spec[k] for k in TRAIN_TASK_KEYS if k in spec}
+
+
+def data_hash(config: dict[str, Any], task: str) -> str:
+    """A short SHA-256 of ``tasks.<task>.data`` (canonical JSON): a training rule's param, so that changing
+    the task's data settings retrains its runs, not only ``prepare_data``."""
+    blob = json.dumps(config["tasks"][task]["data"], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_json(path: str | Path) -> dict[str, Any]:

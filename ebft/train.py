@@ -67,7 +67,7 @@ def pretrain(tokenizer: str | Path, data: list[str], spec: Mapping[str, Any], ou
     from ebft.data.packing import pack_records
     from ebft.methods.sft import SFTObjective
     from ebft.modeling import build_tiny_model, count_parameters, load_tokenizer
-    from ebft.trainer import Trainer
+    from ebft.trainer import Trainer, data_identity, model_identity, state_identity
 
     records = read_corpora(data)
     tok = load_tokenizer(tokenizer)
@@ -77,7 +77,9 @@ def pretrain(tokenizer: str | Path, data: list[str], spec: Mapping[str, Any], ou
     log.info("pretraining %s (%d parameters) on %d chunks x %d tokens", spec.get("architecture"),
              count_parameters(model), len(packed), pt["seq_len"])
     cfg = TrainConfig.from_dict({**pt, "micro_batch_size": pt.get("micro_batch_size", pt["batch_size"])})
-    return Trainer(cfg, out, fingerprint_extra={"spec": dict(spec)}).fit(model, tok, packed, SFTObjective())
+    extra = {"spec": dict(spec), "data": data_identity(data),
+             "init_weights": {"model": state_identity(model), "tokenizer": model_identity(tokenizer)}}
+    return Trainer(cfg, out, fingerprint_extra=extra).fit(model, tok, packed, SFTObjective())
 
 
 def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | Path, out: str | Path) -> dict[str, Any]:
@@ -87,7 +89,7 @@ def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | P
     from ebft.data.packing import pack_records
     from ebft.modeling import load_model, load_tokenizer
     from ebft.slurm import check_visible_gpus, expected_gpus
-    from ebft.trainer import Trainer
+    from ebft.trainer import Trainer, data_identity, model_identity
 
     check_visible_gpus(expected_gpus())  # a Slurm job given N GPUs must see N (plugin issues #316, #459)
     entry = get_method(method)
@@ -107,7 +109,10 @@ def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | P
         dataset = pack_records(train_rows, tok, cfg.seq_len, kind)
     log.info("training %s on %s: %d training items", method, job.task, len(dataset))
     extra = {"method": method, "task": dict(job.task_spec), "init": str(job.init), "spec": dict(spec),
-             "feature_model": str(job.feature_model)}
+             "feature_model": str(job.feature_model), "data": data_identity([Path(data_dir) / "train.jsonl"]),
+             "init_weights": {"init": model_identity(job.init)}}
+    if job.feature_model is not None and str(job.feature_model) != str(job.init):
+        extra["init_weights"]["feature_model"] = model_identity(job.feature_model)
     summary = Trainer(cfg, out, fingerprint_extra=extra).fit(model, tok, dataset, objective, collate_fn=collate)
     log.info("done: %s", summary)
     return summary

@@ -14,18 +14,26 @@ Files of one run (``out_dir`` is ``results/runs/{task}/{method}/{variant}/seed{s
     out_dir/train_log.jsonl        one JSON object per logged step (declared output); non-finite metric
                                    values are written as null (e.g. EBFT's ``ebft/cfm`` with one sample)
     out_dir/resume/                NOT a declared output, so Snakemake leaves it alone on a rerun:
-        latest.json                step, epoch, data position and config fingerprint of the newest state
+        latest.json                step, epoch, data position and fingerprint (with its parts) of the
+                                   newest state
         state-step{N}/             accelerate state (model, optimizer, scheduler, RNG) + objective state
                                    (``objective_state_rank{r}.pt``, one per process)
         checkpoints/step{N}/       checkpoints staged here until training finishes
         train_log.jsonl            the live log, truncated to the resumed step on restart
 
-Resume: a restarted run loads ``resume/state`` (when its config fingerprint matches) and continues at
+Resume: a restarted run loads ``resume/state`` (when its fingerprint matches) and continues at
 the saved step with the same data order (the sampler is a pure function of seed and epoch; the batches
 already consumed in the current epoch are skipped) and the same RNG streams, so an interrupted run ends
 with the same parameters as an uninterrupted one. A state written in the middle of an ``E``-step group
 records the data position where the group's batches start; the resumed run draws them again. On success
 the staged checkpoints and log are moved to their declared places and ``resume/`` is removed.
+
+The fingerprint has three parts (:data:`FINGERPRINT_PARTS`), stored separately in ``latest.json`` and
+compared one by one: the training ``config`` (:class:`TrainConfig` and the caller's other ``fingerprint_extra``),
+the training ``data`` (SHA-256 of the training split, :func:`data_identity`) and the ``init_weights`` (the
+initial model's weight, config and tokenizer files, :func:`model_identity`, or its state,
+:func:`state_identity`). When one differs the run starts from step 0 and the warning names the parts that
+changed.
 """
 
 from __future__ import annotations
@@ -105,10 +113,77 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
-def config_fingerprint(cfg: TrainConfig, extra: dict[str, Any]) -> str:
-    """Hash of everything that must match for a resume state to be reused."""
-    blob = json.dumps({"train": asdict(cfg), "extra": extra}, sort_keys=True, default=str)
+#: The parts of the resume fingerprint and what each covers. ``data`` and ``init_weights`` are the
+#: ``fingerprint_extra`` entries of those names; ``config`` is the :class:`TrainConfig` and every other entry.
+FINGERPRINT_PARTS: dict[str, str] = {
+    "config": "the training config",
+    "data": "the training data",
+    "init_weights": "the initial weights",
+}
+
+#: Files of a model directory that decide the initial weights (and the tokenization) of a run.
+MODEL_FILES: tuple[str, ...] = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fingerprint_parts(cfg: TrainConfig, extra: dict[str, Any]) -> dict[str, str]:
+    """Hash of each :data:`FINGERPRINT_PARTS` entry: what must match for a resume state to be reused."""
+    rest = {k: v for k, v in extra.items() if k not in FINGERPRINT_PARTS}
+    return {"config": _digest({"train": asdict(cfg), "extra": rest}),
+            **{part: _digest(extra.get(part)) for part in FINGERPRINT_PARTS if part != "config"}}
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
+    """The hex SHA-256 digest of a file, read in chunks (weight files can be larger than memory wants)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_identity(files: list[Path]) -> str:
+    """SHA-256 over the names and contents of ``files``, in the given order."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.name}:{file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
+def data_identity(splits: list[str | Path]) -> str:
+    """The training data's part of the fingerprint: the SHA-256 of the training split (over the splits in
+    order when there are several, as in pretraining). The file is hashed, not its manifest entry, so a split
+    replaced by hand counts as changed."""
+    paths = [Path(p) for p in splits]
+    return file_sha256(paths[0]) if len(paths) == 1 else files_identity(paths)
+
+
+def model_identity(init: str | Path, revision: str | None = None) -> str:
+    """The initial weights' part of the fingerprint for a run starting from ``init``: SHA-256 over the
+    :data:`MODEL_FILES` of a local model directory (computed once per job, cheap for small models), or
+    ``hub:<id>@<revision>`` for a hub id that is not a local directory."""
+    path = Path(init)
+    if not path.is_dir():
+        return f"hub:{init}@{revision or 'main'}"
+    files = sorted({f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()})
+    if not files:
+        raise FileNotFoundError(f"{path}: no model files ({', '.join(MODEL_FILES)}) to fingerprint")
+    return files_identity(files)
+
+
+def state_identity(model: torch.nn.Module) -> str:
+    """SHA-256 over a model's state dict (names, dtypes, shapes, bytes): the initial weights' part of the
+    fingerprint for a model built in memory (pretraining from scratch)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class Trainer:
@@ -126,7 +201,8 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.resume_dir = self.out_dir / "resume"
-        self.fingerprint = config_fingerprint(cfg, fingerprint_extra or {})
+        self.fingerprint_parts = fingerprint_parts(cfg, fingerprint_extra or {})
+        self.fingerprint = _digest(self.fingerprint_parts)  # the whole, also stored (and shown) in latest.json
         self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
         world = self.accelerator.num_processes
         if cfg.batch_size % (cfg.micro_batch_size * world):
@@ -196,6 +272,7 @@ class Trainer:
                 "consumed_in_epoch": consumed,
                 "state": target.name,
                 "fingerprint": self.fingerprint,
+                "fingerprint_parts": self.fingerprint_parts,
                 "objective": objective.name,
                 "time": time.time(),
             }
@@ -212,14 +289,28 @@ class Trainer:
         if not meta_path.exists():
             return None
         meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") != self.fingerprint or not (self.resume_dir / meta["state"]).is_dir():
-            log.warning("resume state in %s was written with another config; starting from step 0", self.resume_dir)
+        reason = self._resume_refusal(meta)
+        if reason is not None:
+            log.warning("resume state in %s not reused: %s; starting from step 0", self.resume_dir, reason)
             if self.accelerator.is_main_process:
                 shutil.rmtree(self.resume_dir)
                 self.resume_dir.mkdir(parents=True)
             self.accelerator.wait_for_everyone()
             return None
         return meta
+
+    def _resume_refusal(self, meta: dict[str, Any]) -> str | None:
+        """Why the state ``latest.json`` (``meta``) points at cannot be resumed, naming the fingerprint parts
+        that changed since it was written; None when it can."""
+        stored = meta.get("fingerprint_parts")
+        if not isinstance(stored, dict):
+            return "it was written without fingerprint parts (by an older version)"
+        changed = [FINGERPRINT_PARTS[p] for p in FINGERPRINT_PARTS if stored.get(p) != self.fingerprint_parts[p]]
+        if changed:
+            return f"{' and '.join(changed)} changed since it was written"
+        if not (self.resume_dir / meta["state"]).is_dir():
+            return f"its state directory {meta['state']} is missing"
+        return None
 
     # ---------------------------------------------------------------------------------------------- fit
     def fit(

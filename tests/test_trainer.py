@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 
 import pytest
 import torch
@@ -10,8 +12,8 @@ import torch
 from ebft.config import TrainConfig
 from ebft.data.packing import pack_records
 from ebft.methods.sft import SFTObjective, masked_token_nll
-from ebft.modeling import load_model
-from ebft.trainer import Trainer, read_log
+from ebft.modeling import load_model, save_pretrained_atomic
+from ebft.trainer import FINGERPRINT_PARTS, Trainer, data_identity, model_identity, read_log, state_identity
 from tests.helpers import TEXTS, tiny_model, tiny_tokenizer
 
 CFG = dict(lr=3e-3, schedule="cosine", warmup_steps=2, max_steps=8, batch_size=4, micro_batch_size=2,
@@ -88,3 +90,65 @@ def test_fewer_examples_than_one_batch_is_an_error_not_a_hang(tmp_path):
     cfg = TrainConfig.from_dict({**CFG, "batch_size": len(data) + 2, "micro_batch_size": len(data) + 2})
     with pytest.raises(ValueError, match="fewer than one batch"):
         Trainer(cfg, tmp_path / "run", show_progress=False).fit(tiny_model(tok), tok, data, SFTObjective())
+
+
+# ------------------------------------------------------------------------------------- resume identity
+def _identity_run(tmp, tok, data, split, init, **kw):
+    """Train from the model saved in ``init`` with the fingerprint parts ``train`` builds (data, initial weights)."""
+    extra = {"data": data_identity([split]), "init_weights": {"init": model_identity(init)}}
+    trainer = Trainer(TrainConfig.from_dict(CFG), tmp / "run", fingerprint_extra=extra, show_progress=False)
+    return trainer.fit(load_model(init), tok, data, SFTObjective(), **kw)
+
+
+@pytest.mark.parametrize("change", ["nothing", "data", "init_weights"])
+def test_resume_compares_data_and_initial_weights(tmp_path, caplog, change):
+    """A run stopped at step 5 resumes only on the same training split and the same initial weights; otherwise
+    it starts from step 0 and says which part of the fingerprint changed."""
+    tok = tiny_tokenizer(tmp_path)
+    data = _data(tok)
+    split, init = tmp_path / "train.jsonl", tmp_path / "init"
+    split.write_text('{"answer": "a"}\n')
+    save_pretrained_atomic(tiny_model(tok, seed=1), tok, init)
+    assert _identity_run(tmp_path, tok, data, split, init, stop_after_step=5) == {"stopped_at": 5}
+    state = json.loads((tmp_path / "run" / "resume" / "latest.json").read_text())
+    assert set(state["fingerprint_parts"]) == {"config", "data", "init_weights"}
+    if change == "data":
+        split.write_text('{"answer": "b"}\n')
+    elif change == "init_weights":
+        save_pretrained_atomic(tiny_model(tok, seed=2), tok, init)
+    with caplog.at_level(logging.WARNING, logger="ebft.trainer"):
+        result = _identity_run(tmp_path, tok, data, split, init)
+    assert result["steps"] == 8
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    resumed = {"event": "resume", "step": 5} in rows
+    if change == "nothing":
+        assert resumed and "resumed from step 5" in caplog.text
+    else:
+        assert not resumed and rows[0]["event"] == "start"
+        assert f"{FINGERPRINT_PARTS[change]} changed" in caplog.text and "starting from step 0" in caplog.text
+        other = "data" if change == "init_weights" else "init_weights"
+        assert FINGERPRINT_PARTS[other] not in caplog.text and FINGERPRINT_PARTS["config"] not in caplog.text
+
+
+def test_resume_refusal_names_a_changed_config(tmp_path, caplog):
+    tok = tiny_tokenizer(tmp_path)
+    data = _data(tok)
+    _train(tmp_path, "run", tok, data, stop_after_step=5)
+    other = TrainConfig.from_dict({**CFG, "lr": 1e-3})
+    with caplog.at_level(logging.WARNING, logger="ebft.trainer"):
+        Trainer(other, tmp_path / "run", show_progress=False).fit(tiny_model(tok, seed=1), tok, data, SFTObjective())
+    assert "the training config changed since it was written" in caplog.text
+
+
+def test_identities_of_data_and_weights(tmp_path):
+    tok = tiny_tokenizer(tmp_path)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("x\n")
+    b.write_text("y\n")
+    assert data_identity([a]) == hashlib.sha256(b"x\n").hexdigest() != data_identity([b])
+    assert data_identity([a, b]) != data_identity([b, a])
+    assert model_identity("Qwen/Qwen2.5-1.5B", "v1") == "hub:Qwen/Qwen2.5-1.5B@v1"
+    assert state_identity(tiny_model(tok, seed=1)) == state_identity(tiny_model(tok, seed=1))
+    assert state_identity(tiny_model(tok, seed=1)) != state_identity(tiny_model(tok, seed=2))
+    with pytest.raises(FileNotFoundError, match="no model files"):
+        model_identity(tmp_path)

@@ -23,6 +23,8 @@ class Evaluation:
     ``all_cores``: its job uses every core (sandboxed unit tests run in parallel workers), else one.
     ``universal``: every task gets it; otherwise a task lists it in ``tasks.<task>.evaluations``.
     ``checkpoints``: evaluated on declared checkpoints unless ``evaluation.<group>.checkpoints`` says no.
+    ``kinds``: the task kinds (``tasks.<task>.kind``) it can evaluate; ``None``: every kind. A task that
+    lists it with another kind is a config error when the DAG is built (:mod:`ebft.checks`).
     """
 
     group: str
@@ -36,6 +38,7 @@ class Evaluation:
     all_cores: bool = False
     universal: bool = False
     checkpoints: bool = False
+    kinds: tuple[str, ...] | None = None
 
     def settings(self, evaluation_config: dict) -> dict:
         """The group's resolved settings from the config's ``evaluation`` section."""
@@ -55,11 +58,11 @@ EVALUATIONS: dict[str, Evaluation] = {
         Evaluation("cfm_by_length", "cfm-by-length", "validation CFM for each completion length in gen_lens",
                    "valid", ("cfm", "cfm_by_length"), task_spec=True, feature_network=True, universal=True),
         Evaluation("unit_tests", "unit-tests", "code_qa test split: greedy pass@1 and sampled pass@k (sandbox)",
-                   "test", ("unit_tests",), all_cores=True, checkpoints=True),
+                   "test", ("unit_tests",), all_cores=True, checkpoints=True, kinds=("code_qa",)),
         Evaluation("humaneval", "humaneval", "HumanEval pass@k in the sandbox (a model, or a samples file)",
-                   None, ("humaneval",), all_cores=True),
+                   None, ("humaneval",), all_cores=True, kinds=("code_qa", "unstructured")),
         Evaluation("translation", "translation", "BLEU / chrF (sacrebleu) and COMET (own environment), test split",
-                   "test", ("translation",), comet=True),
+                   "test", ("translation",), comet=True, kinds=("translation",)),
     )
 }
 

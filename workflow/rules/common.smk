@@ -8,13 +8,15 @@ import os
 from snakemake.utils import validate
 
 from ebft import paths
-from ebft.config import base_models, eval_plan, run_grid, task_variants
+from ebft.checks import check_config
+from ebft.config import base_models, data_hash, eval_plan, run_grid, task_variants, train_task_spec
 from ebft.evaluation import EVALUATIONS
 from ebft.methods import METHODS, REGISTRY
 from ebft.paths import fill, slug
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+check_config(config)  # every check that needs no data, before any job runs (ebft/checks.py)
 
 TASKS = list(config["tasks"])
 RUNS = run_grid(config, METHODS)
@@ -74,7 +76,8 @@ def model_dir(name):
 
 
 def task_spec(task):
-    """The parts of tasks.<task> the package needs (kind, geometry); data settings travel separately."""
+    """tasks.<task> without its data settings: the evaluation rules' --task-spec (training rules get only the
+    keys training reads, ebft.config.train_task_spec)."""
     return {k: v for k, v in config["tasks"][task].items() if k != "data"}
 
 

@@ -30,7 +30,10 @@ for _method in METHODS:
             log=fill(paths.RUN_LOG, method=_method),
         params:
             method=_method,
-            task_spec=lambda wildcards: as_json(task_spec(wildcards.task)),
+            # only the task keys training reads (editing e.g. the task's evaluations does not retrain), and a
+            # hash of its data settings: not on the shell line, a params rerun trigger (new data retrains)
+            task_spec=lambda wildcards: as_json(train_task_spec(config, wildcards.task)),
+            data_hash=lambda wildcards: data_hash(config, wildcards.task),
             spec=lambda wildcards, m=_method: as_json(variant_spec(m, wildcards.variant, wildcards.task)),
             features=feature_flag,
             run=lambda wildcards, m=_method: run_dir(wildcards.task, m, wildcards.variant, wildcards.seed),
