@@ -44,12 +44,12 @@ def check_config(config: dict[str, Any]) -> None:
 
 
 def geometry_error(seq_len: int, context_len: int, stride: int, gen_len: int) -> str | None:
-    """Why the strided geometry ``(L, C, s, G)`` is invalid (the message of :class:`ebft.strided.StridedLayout`,
-    the rule the sampler enforces), or None when it is valid."""
-    from ebft.strided import StridedLayout
+    """Why the strided geometry ``(L, C, s, G)`` is invalid (:func:`ebft.geometry.check_geometry`, the rule
+    :class:`ebft.strided.StridedLayout` enforces), or None when it is valid."""
+    from ebft.geometry import check_geometry
 
     try:
-        StridedLayout(seq_len=seq_len, context_len=context_len, stride=stride, gen_len=gen_len)
+        check_geometry(seq_len, context_len, stride, gen_len)
     except ValueError as err:
         return str(err).removeprefix("StridedLayout: ")
     return None

@@ -28,10 +28,11 @@ VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 __all__ = ["METHODS", "ConfigError", "TrainConfig", "Run", "EvalJob", "run_grid", "eval_plan", "task_variants",
            "TRAIN_TASK_KEYS", "train_task_spec", "data_hash"]
 
-#: The keys of ``tasks.<task>`` a training job reads (:attr:`ebft.methods.TrainJob.task_spec`): the record
-#: kind (packing, RLVR's verifier), the chunk length, EBFT's strided geometry and feature pooling. The
-#: training rules get only these, so editing another key of the task (``evaluations``, say) does not change
-#: their params and does not retrain; ``base_model``/``feature_model`` reach them as input paths instead.
+#: The keys of ``tasks.<task>`` a training or evaluation job reads (:attr:`ebft.methods.TrainJob.task_spec`,
+#: ``ebft evaluate --task-spec``): the record kind (packing, RLVR's verifier), the chunk length, EBFT's
+#: strided geometry and feature pooling. The rules get only these, so editing another key of the task
+#: (``evaluations``, say) changes no job's params: it adds or drops evaluation jobs and retrains nothing;
+#: ``base_model``/``feature_model`` reach the jobs as input paths instead.
 TRAIN_TASK_KEYS: tuple[str, ...] = ("kind", "seq_len", "geometry", "embed_method")
 
 

@@ -38,11 +38,13 @@ RUN_LOG = RUN + "/train_log.jsonl"
 # as variant; ckpt is "final" or "step<N>"
 EVAL_RESULT = "results/eval/{task}/{method}/{variant}/seed{seed}/{ckpt}/{group}.json"
 
-# tables and figures of the report
+# tables and figures of the report: file names relative to TABLES / FIGURES (the report writes them there)
 TABLES = "results/tables"
 FIGURES = "results/figures"
-TASK_TABLE = TABLES + "/{task}{suffix}.{ext}"  #: suffix "" (final models) or "_ablation"
-SUMMARY_TABLE = TABLES + "/summary.csv"
+TASK_TABLE_NAME = "{task}{suffix}.{ext}"  #: suffix "" (final models) or "_ablation"; ext csv or html
+SUMMARY_NAME = "summary.csv"
+FIGURE_NAME = "{name}.svg"
+RUN_FIGURE_NAME = "runs/{method}_{variant}_seed{seed}.svg"  #: below FIGURES/{task}
 #: figure name -> title; every figure exists for all tasks together (FIGURES/{name}.svg) and, unless listed
 #: in OVERVIEW_ONLY, per task (FIGURES/{task}/{name}.svg). The report caption is workflow/report/{name}.rst.
 FIGURE_TITLES = {
@@ -54,9 +56,11 @@ FIGURE_TITLES = {
 }
 OVERVIEW_ONLY = ("validation_ce",)
 TASK_FIGURES = tuple(name for name in FIGURE_TITLES if name not in OVERVIEW_ONLY)
-OVERVIEW_FIGURE = FIGURES + "/{name}.svg"
-TASK_FIGURE = FIGURES + "/{task}/{name}.svg"
-RUN_FIGURE = FIGURES + "/{task}/runs/{method}_{variant}_seed{seed}.svg"
+TASK_TABLE = TABLES + "/" + TASK_TABLE_NAME
+SUMMARY_TABLE = TABLES + "/" + SUMMARY_NAME
+OVERVIEW_FIGURE = FIGURES + "/" + FIGURE_NAME
+TASK_FIGURE = FIGURES + "/{task}/" + FIGURE_NAME
+RUN_FIGURE = FIGURES + "/{task}/" + RUN_FIGURE_NAME
 
 # job logs and Snakemake benchmark files
 LOGS = "results/logs"

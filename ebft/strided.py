@@ -97,6 +97,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from ebft.geometry import check_geometry
 from ebft.modeling import (
     backbone,
     cache_kwarg,
@@ -162,28 +163,7 @@ class StridedLayout:
     gen_len: int
 
     def __post_init__(self) -> None:
-        values = {
-            "seq_len": self.seq_len,
-            "context_len": self.context_len,
-            "stride": self.stride,
-            "gen_len": self.gen_len,
-        }
-        for name, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"StridedLayout: {name} must be a positive integer, got {value!r} ({values})"
-                )
-        span = self.seq_len - self.gen_len - self.context_len
-        if span < 0:
-            raise ValueError(
-                f"StridedLayout: need context_len + gen_len <= seq_len, got context_len={self.context_len} + "
-                f"gen_len={self.gen_len} > seq_len={self.seq_len}"
-            )
-        if span % self.stride != 0:
-            raise ValueError(
-                f"StridedLayout: (seq_len - gen_len - context_len) must be divisible by stride, got "
-                f"({self.seq_len} - {self.gen_len} - {self.context_len}) = {span} and stride={self.stride}"
-            )
+        check_geometry(self.seq_len, self.context_len, self.stride, self.gen_len)
 
     @property
     def num_blocks(self) -> int:

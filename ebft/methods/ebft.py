@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from accelerate import Accelerator
 
 from ebft import rewards
 from ebft.config import ConfigError
-from ebft.features import FeatureConfig, FeatureNetwork
 from ebft.methods import TrainJob
 from ebft.methods.base import SamplingConfig, frozen_reference, rollout_seed
-from ebft.strided import StridedLayout, strided_logprobs, strided_sample
+
+if TYPE_CHECKING:  # the feature network and the strided code load transformers: imported where they are used
+    from accelerate import Accelerator
+
+    from ebft.strided import StridedLayout
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class EBFTObjective:
     ) -> None:
         """``layout``: the strided geometry of the training chunks; or ``context_len``/``stride``/``gen_len``,
         and the layout is built for each chunk length seen."""
+        from ebft.features import FeatureConfig, FeatureNetwork
+
         self.config = cfg = EBFTConfig.coerce(config)
         if (layout is None) == (context_len is None or stride is None or gen_len is None):
             raise ValueError("EBFTObjective: give either layout or context_len, stride and gen_len")
@@ -111,6 +115,8 @@ class EBFTObjective:
 
     def layout_for(self, seq_len: int) -> StridedLayout:
         """The strided layout of chunks of ``seq_len`` tokens (built once per length)."""
+        from ebft.strided import StridedLayout
+
         if self.layout is None or self.layout.seq_len != seq_len:
             C, s, G = self.geometry
             self.layout = StridedLayout(seq_len=seq_len, context_len=C, stride=s, gen_len=G)
@@ -125,6 +131,8 @@ class EBFTObjective:
     def compute_loss(
         self, model: torch.nn.Module, batch: dict[str, Any], step: int, micro: int = 0
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        from ebft.strided import strided_logprobs, strided_sample
+
         ids = batch["input_ids"]
         layout = self.layout_for(ids.shape[1])
         generator = torch.Generator(device=ids.device).manual_seed(rollout_seed(self.seed, step, micro))
@@ -178,6 +186,7 @@ def build(config: EBFTConfig, job: TrainJob) -> EBFTObjective:
     """The registry's factory: the task's strided geometry, the frozen feature network (``job.feature_model``,
     default the initial model) and, with ``kl_coef > 0``, a frozen copy of the initial model."""
     from ebft.modeling import load_model
+    from ebft.strided import StridedLayout
 
     geometry = job.task_spec.get("geometry")
     if geometry is None:

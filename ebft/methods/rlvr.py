@@ -6,15 +6,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from accelerate import Accelerator
 
 from ebft.config import ConfigError
 from ebft.methods import TrainJob
 from ebft.methods.base import SamplingConfig, frozen_reference, rollout_seed
 from ebft.methods.sft import masked_token_nll
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 @dataclass(frozen=True)

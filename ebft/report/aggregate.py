@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ebft import paths
 from ebft.report.figures import write_figures
 from ebft.report.frames import load_paper_numbers, load_results
 from ebft.report.tables import write_task_tables
@@ -18,20 +19,20 @@ from ebft.report.tables import write_task_tables
 log = logging.getLogger(__name__)
 
 
-def aggregate(paths: list[Path], tables_dir: Path, figures_dir: Path, meta: dict[str, Any] | None = None) -> None:
+def aggregate(results: list[Path], tables_dir: Path, figures_dir: Path, meta: dict[str, Any] | None = None) -> None:
     """Write ``{tables_dir}/{task}.csv|.html``, ``{task}_ablation.csv|.html``, ``summary.csv``, the combined
     figures in ``figures_dir`` and the per-task figures in ``figures_dir/{task}/``."""
-    frame = load_results(paths)
+    frame = load_results(results)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    frame.drop(columns="source").to_csv(tables_dir / "summary.csv", index=False)
+    frame.drop(columns="source").to_csv(tables_dir / paths.SUMMARY_NAME, index=False)
     tasks = sorted(set(frame["task"].unique()) | set((meta or {}).get("tasks", {})))
     name = (meta or {}).get("name", "")
     numbers = load_paper_numbers() if name == "paper" else {}
     for task in tasks:
         write_task_tables(frame, task, tables_dir, meta, numbers)
     write_figures(frame, figures_dir, tasks, meta, numbers, name)
-    log.info("aggregated %d results into %s and %s", len(paths), tables_dir, figures_dir)
+    log.info("aggregated %d results into %s and %s", len(results), tables_dir, figures_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

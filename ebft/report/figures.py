@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ebft import paths  # noqa: E402
 from ebft.report.frames import (  # noqa: E402
     DOWNSTREAM,
     METHOD_COLOURS,
@@ -227,19 +228,22 @@ def write_figures(frame: pd.DataFrame, figures_dir: Path, tasks: list[str], meta
     """Write the combined figures in ``figures_dir`` and the per-task figures (with one figure per run) in
     ``figures_dir/{task}/``; ``numbers`` (the paper's, drawn in the paper config only) may be empty."""
     paper = numbers if config_name == "paper" else None
-    ce_figure(frame, figures_dir / "validation_ce.svg")
-    cfm_length_figure(frame, figures_dir / "cfm_by_length.svg")
-    curves_figure(frame, figures_dir / "training_curves.svg")
     accuracy = accuracy_metric(frame, config_name)
-    accuracy_ce_figure(frame, figures_dir / "accuracy_vs_ce.svg", accuracy, paper, meta=meta)
-    ablation_figure(frame, figures_dir / "ablation.svg", meta, accuracy)
+    draw = {  # figure name (ebft.paths.FIGURE_TITLES) -> drawing of (frame, file, task or None)
+        "validation_ce": lambda f, out, task: ce_figure(f, out),
+        "accuracy_vs_ce": lambda f, out, task: accuracy_ce_figure(f, out, accuracy, paper, task=task, meta=meta),
+        "cfm_by_length": lambda f, out, task: cfm_length_figure(f, out, task=task),
+        "training_curves": lambda f, out, task: curves_figure(f, out, task=task),
+        "ablation": lambda f, out, task: ablation_figure(f, out, meta, accuracy, task=task),
+    }
+    for name in paths.FIGURE_TITLES:
+        draw[name](frame, figures_dir / paths.fill(paths.FIGURE_NAME, name=name), None)
     for task in tasks:
         sub = frame[frame["task"] == task]
         tdir = figures_dir / task
-        accuracy_ce_figure(sub, tdir / "accuracy_vs_ce.svg", accuracy, paper, task=task, meta=meta)
-        cfm_length_figure(sub, tdir / "cfm_by_length.svg", task=task)
-        curves_figure(sub, tdir / "training_curves.svg", task=task)
-        ablation_figure(sub, tdir / "ablation.svg", meta, accuracy, task=task)
+        for name in paths.TASK_FIGURES:
+            draw[name](sub, tdir / paths.fill(paths.FIGURE_NAME, name=name), task)
         for (method, variant, seed), _ in sub[sub["method"] != "base"].groupby(
                 ["method", "variant", "seed"], observed=True):
-            run_figure(sub, tdir / "runs" / f"{method}_{variant}_seed{seed}.svg", method, variant, int(seed))
+            out = tdir / paths.fill(paths.RUN_FIGURE_NAME, method=method, variant=variant, seed=seed)
+            run_figure(sub, out, method, variant, int(seed))

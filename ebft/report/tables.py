@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from ebft import paths
 from ebft.report.frames import (
     ROW_KINDS,
     kind_order,
@@ -28,7 +29,6 @@ from ebft.report.frames import (
     row_names,
     variant_params,
 )
-from ebft.report.frames import report_meta as report_meta  # re-export: workflow/rules/report.smk imports it here
 
 #: Variant parameters shown in the ablation tables (``pooling`` is the resolved ``embed_method``).
 ABLATION_PARAMS = ["init", "whitening", "pooling", "ce_coef", "diversity_coef"]
@@ -206,17 +206,20 @@ def write_task_tables(frame: pd.DataFrame, task: str, tables_dir: Path, meta: di
                       numbers: dict[str, Any]) -> None:
     """Write ``{tables_dir}/{task}.csv|.html``, ``{task}_ablation.csv|.html`` and, when ``numbers`` has rows
     for the task, ``{task}_paper.csv`` (the HTML table then shows them)."""
+    def file(suffix: str, ext: str) -> Path:
+        return tables_dir / paths.fill(paths.TASK_TABLE_NAME, task=task, suffix=suffix, ext=ext)
+
     table = task_table(frame, task, meta)
-    table.to_csv(tables_dir / f"{task}.csv", float_format="%.6g")
+    table.to_csv(file("", "csv"), float_format="%.6g")
     paper = paper_rows(task, numbers)
     if paper:
-        paper_csv(task, numbers).to_csv(tables_dir / f"{task}_paper.csv", index=False)
+        paper_csv(task, numbers).to_csv(file("_paper", "csv"), index=False)
     body = table_html(table, task, paper, numbers.get("paper", ""))
     note = _seeds_note(table) + _no_rlvr_note((meta or {}).get("tasks", {}).get(task, {}).get("kind"))
-    (tables_dir / f"{task}.html").write_text(_page(f"Final models: {task}", body, note))
+    file("", "html").write_text(_page(f"Final models: {task}", body, note))
     abl = ablation_table(frame, task, meta)
-    abl.to_csv(tables_dir / f"{task}_ablation.csv", float_format="%.6g")
-    (tables_dir / f"{task}_ablation.html").write_text(
+    abl.to_csv(file("_ablation", "csv"), float_format="%.6g")
+    file("_ablation", "html").write_text(
         _page(f"EBFT ablation: {task}", table_html(abl, task) if len(abl) else "<p>No EBFT runs.</p>",
               "One row per EBFT variant: its swept parameters and final metrics (mean over seeds)."))
 

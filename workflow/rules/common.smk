@@ -75,12 +75,6 @@ def model_dir(name):
     return fill(paths.HUB_MODEL, slug=slug(spec["repo_id"]))
 
 
-def task_spec(task):
-    """tasks.<task> without its data settings: the evaluation rules' --task-spec (training rules get only the
-    keys training reads, ebft.config.train_task_spec)."""
-    return {k: v for k, v in config["tasks"][task].items() if k != "data"}
-
-
 def variant_spec(method, variant, task):
     variants = task_variants(config, method, task)
     if variant not in variants:
@@ -154,4 +148,17 @@ def all_targets():
         + [fill(paths.OVERVIEW_FIGURE, name=name) for name in paths.FIGURE_TITLES]
         + [fill(paths.TASK_FIGURE, task=t, name=name) for t in TASKS for name in paths.TASK_FIGURES]
         + [fill(paths.RUN_FIGURE, task=r.task, method=r.method, variant=r.variant, seed=r.seed) for r in RUNS]
+    )
+
+
+def kept_outputs():
+    """Every model, checkpoint directory, training log and evaluation result of the config: the outputs a
+    killed or interrupted job may have deleted (Snakemake removes a job's outputs before it runs it)."""
+    runs = [dict(task=r.task, method=r.method, variant=r.variant, seed=r.seed) for r in RUNS]
+    pretrained = sorted({m for t in TASKS for m in base_models(config, t, RUNS)
+                         if config["models"][m]["source"] == "pretrain"})
+    return (
+        [fill(template, **run) for run in runs for template in (paths.RUN_MODEL, paths.RUN_CHECKPOINTS, paths.RUN_LOG)]
+        + [fill(paths.PRETRAINED_MODEL, model=m) for m in pretrained]
+        + eval_targets()
     )

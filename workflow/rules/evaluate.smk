@@ -52,7 +52,7 @@ def eval_flags(evaluation):
         if evaluation.split:
             flags.append(f"--data {input.data}")
         if evaluation.task_spec:
-            flags.append("--task-spec " + shlex.quote(as_json(task_spec(wildcards.task))))
+            flags.append("--task-spec " + shlex.quote(as_json(train_task_spec(config, wildcards.task))))
         if evaluation.feature_network:
             flags.append(f"--feature-model {input.features}")
         if "comet" in input.keys():
