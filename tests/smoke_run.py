@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.helpers import run_guarded
 from tests.test_workflow import ENV, ROOT, micro_config
 
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
@@ -37,9 +38,8 @@ def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
             "--configfile", str(workdir / "smoke.yaml"), *args]
 
 
-def run(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(snakemake_cmd(workdir, *args), cwd=workdir, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_guarded(snakemake_cmd(workdir, *args), cwd=workdir, env=ENV)
 
 
 def local_run(tmp_path_factory) -> Path:

@@ -17,6 +17,7 @@ import pytest
 
 from ebft.evaluation import comet_bridge
 from ebft.evaluation.comet_bridge import CometError, comet_python, score_comet
+from tests.helpers import HANG_GUARD_S
 
 TRIPLES = [
     {"src": "I have three apples.", "mt": "Ich habe drei Äpfel.", "ref": "Ich habe drei Äpfel."},
@@ -44,7 +45,7 @@ def tiny_comet(comet_py, tmp_path_factory) -> Path:
     texts.write_text("\n".join(t[k] for t in TRIPLES for k in ("src", "mt", "ref")) * 5, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(comet_bridge.REPO_ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [comet_py, "-m", "ebft.evaluation.comet_tiny", str(root / "tiny"), "--texts", str(texts)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = Path(proc.stdout.strip().splitlines()[-1])
     assert ckpt == root / "tiny" / "checkpoints" / "model.ckpt" and ckpt.is_file()

@@ -16,6 +16,7 @@ from ebft.methods.base import rollout_seed
 from ebft.methods.ebft import EBFTObjective
 from ebft.methods.sft import masked_token_nll
 from tests.ddp_ebft_step import tiny_llama
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,13 +85,13 @@ def test_two_processes_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     script = str(ROOT / "tests" / "ddp_ebft_step.py")
     single = subprocess.run([sys.executable, script, str(tmp_path / "one.json")], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert single.returncode == 0, single.stderr[-3000:]
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     multi = subprocess.run([accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
                             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
                             script, str(tmp_path / "two.json")],
-                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert multi.returncode == 0, multi.stderr[-3000:]
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ebft.slurm import GpuCountError, check_visible_gpus, multinode_command
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = os.environ.get("EBFT_SYSTEM_TESTS") == "1"
@@ -23,7 +24,7 @@ SLURM_LOCAL = ROOT / "scripts" / "slurm_local.sh"
 
 def dry_run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def blocks(stdout: str) -> dict[str, list[str]]:
@@ -90,12 +91,12 @@ def slurm_cluster():
     conf = Path("/etc/slurm/slurm.conf")
     if conf.exists() and "written by ebft scripts/slurm_local.sh" not in conf.read_text().splitlines()[0]:
         pytest.fail(f"{conf} belongs to another Slurm installation; this test never overwrites it")
-    start = subprocess.run(["bash", str(SLURM_LOCAL), "start"], capture_output=True, text=True, timeout=120)
+    start = subprocess.run(["bash", str(SLURM_LOCAL), "start"], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert start.returncode == 0, start.stdout + start.stderr
     try:
         yield
     finally:
-        subprocess.run(["bash", str(SLURM_LOCAL), "stop"], capture_output=True, text=True, timeout=60)
+        subprocess.run(["bash", str(SLURM_LOCAL), "stop"], capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 #: CPU-only overrides of profiles/slurm for the local cluster (2 CPUs, partition "debug", no accounting).
@@ -123,7 +124,7 @@ def test_smoke_dag_runs_every_job_on_slurm(slurm_cluster, tmp_path, tmp_path_fac
     out = subprocess.run(
         ["timeout", "-s", "KILL", "600", sys.executable, "-m", "snakemake", "--profile", str(ROOT / "profiles/slurm"),
          "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "--configfile", str(workdir / "smoke.yaml"),
-         *CPU_OVERRIDES], cwd=workdir, env=ENV, capture_output=True, text=True, timeout=660)
+         *CPU_OVERRIDES], cwd=workdir, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
     elapsed = time.time() - start
     log = out.stdout + out.stderr
     assert out.returncode == 0, f"rc {out.returncode} after {elapsed:.0f} s\n" + log[-6000:]
@@ -143,7 +144,7 @@ def test_smoke_dag_runs_every_job_on_slurm(slurm_cluster, tmp_path, tmp_path_fac
 
 def squeue_jobs() -> dict[str, dict[str, str]]:
     out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%k"], capture_output=True, text=True,
-                         timeout=30)
+                         timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stderr
     jobs = {}
     for line in out.stdout.splitlines():
@@ -162,6 +163,6 @@ def test_slurm_local_never_overwrites_a_foreign_configuration(tmp_path):
     conf = tmp_path / "slurm.conf"
     conf.write_text("ClusterName=theirs\n")
     out = subprocess.run(["bash", str(SLURM_LOCAL), "start"], env={**ENV, "EBFT_SLURM_CONF": str(conf)},
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode == 3 and "refusing" in out.stderr
     assert conf.read_text() == "ClusterName=theirs\n"

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import yaml
 
 from ebft.config import base_models, eval_plan, run_grid
 from ebft.methods import METHODS
+from tests.helpers import HANG_GUARD_S, run_guarded, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -33,7 +33,7 @@ def dry_run_counts(config: str, workdir: Path) -> Counter:
     """Job counts of a dry run in an empty working directory (no outputs exist yet)."""
     out = subprocess.run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory",
                           str(workdir), "--configfile", str(ROOT / "config" / config)],
-                         cwd=workdir, env=ENV, capture_output=True, text=True, timeout=300)
+                         cwd=workdir, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     table = out.stdout.split("Job stats:")[1].split("total")[0]
     return Counter({m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)})
@@ -79,7 +79,7 @@ def test_dry_run_paper_scale_grid(tmp_path):
     (tmp_path / "scale.yaml").write_text(yaml.safe_dump(cfg))
     out = subprocess.run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory",
                           str(tmp_path), "--configfile", str(tmp_path / "scale.yaml")],
-                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "results/runs/code_qa/ebft/base_wh1_ce0.03_div0.5.qwen2.5-7b/seed43/model" in out.stdout
     assert "resources/hf/models/Qwen--Qwen2.5-7B" in out.stdout
@@ -87,7 +87,7 @@ def test_dry_run_paper_scale_grid(tmp_path):
 
 def test_dry_run_slurm_profile_gives_training_rules_gpus():
     out = subprocess.run([*SNAKEMAKE, "-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml"],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stderr[-3000:]
     blocks = out.stdout.split("\nrule ")
     train = [b for b in blocks if b.startswith("train_sft:")]
@@ -101,7 +101,7 @@ def test_mistyped_key_fails_before_any_job(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = subprocess.run([*SNAKEMAKE, "-n", "--configfile", str(path)], cwd=ROOT, env=ENV,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode != 0
     assert "learning_rate" in out.stdout + out.stderr
     assert "Job stats" not in out.stdout
@@ -135,18 +135,22 @@ def micro_config() -> dict:
     return cfg
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_guarded(
         [*SNAKEMAKE, "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(workdir / "micro.yaml"), "--cores", "2", *args],
-        cwd=workdir, env=ENV, capture_output=True, text=True, timeout=timeout)
+         "--configfile", str(workdir / "micro.yaml"), "--cores", "2", *args], cwd=workdir, env=ENV)
+
+
+def micro_dir(root: Path, cfg: dict | None = None) -> Path:
+    """A fresh working directory of its own with the micro config (tests never share one)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "micro.yaml").write_text(yaml.safe_dump(cfg or micro_config()))
+    return root
 
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("micro")
-    (workdir / "micro.yaml").write_text(yaml.safe_dump(micro_config()))
-    return workdir
+    return micro_dir(tmp_path_factory.mktemp("micro"))
 
 
 @pytest.mark.slow
@@ -183,11 +187,11 @@ def test_micro_pipeline_end_to_end_builds_report(micro):
 
 
 @pytest.mark.slow
-def test_killed_training_job_resumes_from_last_state(micro):
+def test_killed_training_job_resumes_from_last_state(tmp_path):
     """SIGKILL the Snakemake process while train_sft runs; --rerun-incomplete must resume, not restart."""
     cfg = micro_config()
     cfg["methods"]["sft"]["defaults"].update(max_steps=400, checkpoint_steps=[200], resume_every=5)
-    (micro / "micro.yaml").write_text(yaml.safe_dump(cfg))
+    micro = micro_dir(tmp_path / "micro", cfg)
     target = "results/runs/code_qa/sft/default/seed0/model"
     state = micro / "results/runs/code_qa/sft/default/seed0/resume/latest.json"
     proc = subprocess.Popen(
@@ -195,11 +199,8 @@ def test_killed_training_job_resumes_from_last_state(micro):
          "--configfile", str(micro / "micro.yaml"), "--cores", "2", target],
         cwd=micro, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["step"] >= 10):
-            assert proc.poll() is None, "snakemake ended before the kill"
-            time.sleep(0.5)
-        assert state.exists(), "no resume state was written"
+        wait_until(lambda: state.exists() and json.loads(state.read_text())["step"] >= 10,
+                   what="resume state at step 10 of train_sft", alive=lambda: proc.poll() is None)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
