@@ -16,6 +16,7 @@ import yaml
 from ebft.checks import check_config, geometry_error
 from ebft.config import TRAIN_TASK_KEYS, ConfigError, data_hash, train_task_spec
 from ebft.evaluation import EVALUATIONS
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -173,7 +174,7 @@ def dry_run(cfg: dict, tmp_path: Path, *args: str) -> subprocess.CompletedProces
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.run([*SNAKEMAKE, "-n", *args, "--snakefile", str(ROOT / "workflow" / "Snakefile"),
                            "--directory", str(tmp_path), "--configfile", str(path)],
-                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 @pytest.mark.parametrize("case", ["stride_does_not_divide", "unit_tests_on_translation", "unknown_base_model",
@@ -201,7 +202,7 @@ def test_evaluations_edit_reruns_no_training_and_data_edit_retrains(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     built = subprocess.run([*SNAKEMAKE, target, "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory",
                             str(tmp_path), "--configfile", str(path), "--cores", "2"],
-                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
 
     def params_changed(edited: dict) -> str:

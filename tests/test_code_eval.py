@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ebft.evaluation.code import code_qa_problems, humaneval_problems, pass_at_k, score_samples
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def test_cli_scores_humaneval_samples_files(tmp_path, which, expected):
             fh.write(json.dumps({"task_id": task_id, "completion": p[which] if which else ""}) + "\n")
     out = tmp_path / "result.json"
     done = subprocess.run([sys.executable, "-m", "ebft.cli", "evaluate", "humaneval", "--samples", str(samples),
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["pass@1"] == expected and result["num_problems"] == 164

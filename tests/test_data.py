@@ -15,6 +15,7 @@ import pytest
 
 from ebft.data import code_qa, code_unstructured, hub, prepare_task, read_jsonl, translation, write_jsonl
 from ebft.data.records import SPLITS, RecordError, validate_record, validate_records
+from tests.helpers import HANG_GUARD_S
 
 SMALL = {"train": 60, "valid": 12, "test": 12}
 
@@ -195,10 +196,10 @@ def test_code_qa_references_pass_and_wrong_answers_fail(code_splits: dict[str, l
 
 def test_code_qa_program_runs_in_a_subprocess(code_splits: dict[str, list[dict[str, Any]]]) -> None:
     rec = code_splits["test"][0]
-    ok = subprocess.run([sys.executable, "-c", _program(rec)], capture_output=True, timeout=30)
+    ok = subprocess.run([sys.executable, "-c", _program(rec)], capture_output=True, timeout=HANG_GUARD_S)
     assert ok.returncode == 0, ok.stderr.decode()
     bad = subprocess.run(
-        [sys.executable, "-c", _program(rec, "    return 12345\n")], capture_output=True, timeout=30
+        [sys.executable, "-c", _program(rec, "    return 12345\n")], capture_output=True, timeout=HANG_GUARD_S
     )
     assert bad.returncode != 0 and b"AssertionError" in bad.stderr
 

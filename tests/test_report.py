@@ -18,6 +18,7 @@ from ebft.evaluation.results import make_result, write_result
 from ebft.report.aggregate import aggregate
 from ebft.report.frames import METHOD_COLOURS, load_results, report_meta
 from ebft.report.tables import task_table
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = os.environ.get("EBFT_SYSTEM_TESTS") == "1"
@@ -243,7 +244,7 @@ def render_report(report: Path) -> dict:
             [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
              f"--user-data-dir={profile / 'user'}", "--virtual-time-budget=60000", "--dump-dom", probed.as_uri()],
-            capture_output=True, text=True, timeout=150)
+            capture_output=True, text=True, timeout=HANG_GUARD_S)
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -264,7 +265,7 @@ def test_report_html_renders_tables_and_figures_in_chromium(smoke_run):
     rep = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
                           "--directory", str(workdir), "--configfile", str(workdir / "smoke.yaml"),
                           "--cores", "2", "--report", str(report)],
-                         cwd=workdir, capture_output=True, text=True, timeout=300)
+                         cwd=workdir, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert rep.returncode == 0, rep.stderr[-3000:]
     seen = render_report(report)
     # the navigation shows the task's category and the overview

@@ -35,7 +35,12 @@ def dry_run_counts(config: str, workdir: Path) -> Counter:
                           str(workdir), "--configfile", str(ROOT / "config" / config)],
                          cwd=workdir, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    table = out.stdout.split("Job stats:")[1].split("total")[0]
+    return dry_run_counts_from(out.stdout)
+
+
+def dry_run_counts_from(stdout: str) -> Counter:
+    """Job counts per rule from a dry run's "Job stats" table."""
+    table = stdout.split("Job stats:")[1].split("total")[0]
     return Counter({m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)})
 
 
@@ -216,3 +221,17 @@ def test_killed_training_job_resumes_from_last_state(tmp_path):
     steps = [r["step"] for r in rows if "event" not in r]
     assert steps == sorted(set(steps)) and steps[-1] == 400
     assert (micro / "results/runs/code_qa/sft/default/seed0/checkpoints/step200/config.json").exists()
+
+
+def test_readme_overrides_work_as_written(tmp_path):
+    """`snakemake --config seeds='[0,1,2]'` (list items arrive as strings) and a variant name with '+'."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["methods"]["sft"]["variants"]["lr+1"] = {"lr": 1e-3}
+    (tmp_path / "plus.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory",
+                          str(tmp_path), "--configfile", str(tmp_path / "plus.yaml"), "--config", "seeds=[0,1,2]"],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cfg["seeds"] = [0, 1, 2]
+    assert dry_run_counts_from(out.stdout)["train_sft"] == sum(r.method == "sft" for r in run_grid(cfg)) == 18
+    assert "results/runs/code_qa/sft/lr+1/seed2/model" in out.stdout
