@@ -176,7 +176,7 @@ def strided_attention_timing(L: int = 1024, C: int = 8, s: int = 8, G: int = 8, 
                              compile_flex: bool = True) -> dict:
     """Issue 7, benchmark 5: one strided attention call at Qwen2.5-1.5B shapes (12 query heads, 2 KV heads,
     head_dim 128), bf16, random inputs: SDPA with the additive ``[1, 1, S, S]`` mask vs ``flex_attention``
-    with a block mask built from the same rule (spec 2.2), forward and forward+backward, and the largest
+    with a block mask built from the same rule (docs/algorithm.md §2.4), forward and forward+backward, and the largest
     output difference between the two."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -192,7 +192,7 @@ def strided_attention_timing(L: int = 1024, C: int = 8, s: int = 8, G: int = 8, 
     mask, _ = build_strided_mask_and_positions(layout, G, dtype=torch.bfloat16, device=DEV)
     allowed, _ = build_strided_allowed(layout, G, device=DEV)
 
-    def mask_mod(b, h, q_idx, kv_idx):  # the strided rule of spec 2.2, elementwise
+    def mask_mod(b, h, q_idx, kv_idx):  # the strided rule of docs/algorithm.md §2.4, elementwise
         q_gen, k_gen = q_idx >= L, kv_idx >= L
         q_block = (q_idx - L) % K
         prefix = torch.where(q_gen, C + q_block * s, q_idx + 1)

@@ -1,5 +1,5 @@
 """The frozen feature network ("critic") of EBFT: layer selection, per-token normalisation, block pooling and
-optional sample-space whitening (spec sections 3.1-3.7, 1.2 (a), invariants 10-12).
+optional sample-space whitening (docs/algorithm.md §3-4; the properties tested: §8, I7-I10).
 
 Math
 ----
@@ -9,11 +9,11 @@ ground-truth continuation ``y_k = x[C + k*s : C + k*s + G]`` and ``n`` sampled c
 ``h^(0..N)`` (HF ``hidden_states``: index 0 is the embedding output, index ``N`` the final output **after** the
 final norm, the others raw residual-stream states). Per token:
 
-1. layer selection (``hidden_state_method``, spec 3.3) gives ``NF`` feature groups ``z_g`` (``NF = 1`` for
+1. layer selection (``hidden_state_method``, docs/algorithm.md §3.3) gives ``NF`` feature groups ``z_g`` (``NF = 1`` for
    ``concat``/``mean``-like methods, ``NF`` = number of layers for ``stack`` methods);
-2. per-token L2 normalisation of every group (spec 3.4): ``z_g <- z_g / ||z_g||``; with ``answer_mask``
-   (``qa_masking``) question-token features are then set to 0;
-3. pooling of the ``G`` tokens of a block window (``embed_method``, spec 3.5):
+2. per-token L2 normalisation of every group (§3.4): ``z_g <- z_g / ||z_g||``; with ``answer_mask``
+   (answer masking, §3.6) question-token features are then set to 0;
+3. pooling of the ``G`` tokens of a block window (``embed_method``, §3.5):
 
    * ``last_token``: the feature of the last window token (with ``answer_mask``: the last *answer* token of
      the window; an all-zero vector if the window has none);
@@ -21,7 +21,7 @@ final norm, the others raw residual-stream states). Per token:
    * ``concat``: the ``G`` token features concatenated (``G * H_g`` per group);
    * ``token``: no pooling, one feature per generated token (an extra ``G`` axis, block-major);
 
-4. optional whitening (spec 3.6) of every (chunk, block, group) over its ``n`` samples with
+4. optional whitening (§4) of every (chunk, block, group) over its ``n`` samples with
    :func:`ebft.whitening.whiten` (``W = (X X^T)^{-1/2}``, samples ``-> W X``, ground truth ``-> (W 1)_i psi``);
 5. the ``NF`` groups are flattened into one vector of size ``D = NF * D_g``.
 
@@ -31,7 +31,7 @@ position ids at ``generation_step = G``. The ground-truth feature ``psi_k`` pool
 positions ``C + k*s + t`` (``t < G``): chunk row ``j`` sees exactly ``x[:j+1]`` with positions ``0..j``, i.e.
 ``c_k || y_k[:t+1]``; the sample feature ``phi_{i,k}`` pools the generated rows ``L + t*K + k``, which see
 ``c_k || ŷ_{i,k}[:t+1]`` with the same positions. Hence ``ŷ_{i,k} = y_k  =>  phi_{i,k} = psi_k``
-(invariant 10). Chunk rows never see generated tokens, so all ``n`` replicas of a chunk give the same
+(§8, I8). Chunk rows never see generated tokens, so all ``n`` replicas of a chunk give the same
 ``psi``; the first replica is used.
 
 Shapes (``B`` chunks, ``n`` samples, ``K`` blocks, ``G`` tokens per block, ``D`` feature size)
@@ -51,30 +51,30 @@ Follow the reference (defaults):
 * layer indices of every ``hidden_state_method`` (``concat`` = ``floor(0.25 N), floor(0.5 N), floor(0.75 N)``
   clamped to ``[1, N]``, duplicates kept; ``last_only`` = ``h^(N)`` after the final norm);
 * ``normalization="joint"``: a ``concat`` feature is normalised over the whole concatenated vector
-  (spec 10.3: the deepest selected layer, with the largest residual norm, dominates). This is the
+  (§3.4: the deepest selected layer, with the largest residual norm, dominates). This is the
   reference's behaviour and the paper's numbers were produced with it, so it stays the default;
   ``normalization="per_layer"`` (each selected layer L2-normalised first, then the joint normalisation, so
   a ``concat`` token feature is still unit-norm with every layer weighted ``1/sqrt(m)``) is the fix a
   peer port uses (without the final rescaling, which leaves it with norm ``sqrt(m)`` and mismatched
   reward geometry); ``"none"`` skips normalisation (ablations only);
-* pooling, the whitening maths (spec 3.6, via :mod:`ebft.whitening`), whitening per feature group and the
+* pooling, the whitening maths (§4, via :mod:`ebft.whitening`), whitening per feature group and the
   per-sample whitened ground truth;
-* ``mean_pooling`` is not re-normalised (spec 10.2: then cosine alignment and dot-product diversity use
+* ``mean_pooling`` is not re-normalised (§5.1: then cosine alignment and dot-product diversity use
   different geometries). ``renormalize_blocks=True`` re-normalises every pooled block feature (per group)
   to unit norm before whitening, so that cos = dot and the reward is the exact CFM gradient again; off by
   default (reference behaviour);
-* ``qa_masking`` as in the reference's *training* path (spec 1.2 (a)): masking after the per-token
+* answer masking as in the reference's *training* path (§3.6): masking after the per-token
   normalisation, ``last_token`` = last answer token, ``mean_pooling`` divides by ``G`` (masked tokens are
   zeros). Generated token ``(t, k)`` inherits the mask of ground-truth position ``C + k*s + t``.
 
 Deliberate deviations:
 
-* spec 10.21: the reference's standalone evaluator masks *before* normalising (0/0 = NaN) and its
+* answer masking (§9): the reference's standalone evaluator masks *before* normalising (0/0 = NaN) and its
   evaluators ignore the answer mask in ``last_token``; here one implementation serves training and
   evaluation, always with the training semantics above;
-* spec 10.10: ``embed_method="token"`` keeps features block-major ``[..., K, G, D]``, so per-token rewards
+* ``token`` pooling (§9): ``embed_method="token"`` keeps features block-major ``[..., K, G, D]``, so per-token rewards
   can no longer be mis-ordered against the step-major sequence layout;
-* spec 10.24: the critic runs its base transformer only (``model.base_model``; no vocabulary logits), keeps
+* cost (§9): the critic runs its base transformer only (``model.base_model``; no vocabulary logits), keeps
   only the selected hidden states (``output_hidden_states=[indices]``), and never returns full-length
   multi-layer states: only the needed token positions are gathered and pooled, micro-batch by micro-batch;
 * normalisation and pooling run in float32 (the reference normalises in the model dtype, bf16, and casts
@@ -138,7 +138,7 @@ Normalization = Literal["joint", "per_layer", "none"]
 Combine = Literal["concat", "stack", "mean"]
 
 EMBED_METHODS: tuple[str, ...] = ("last_token", "mean_pooling", "concat", "token")
-"""Pooling methods of spec 3.5."""
+"""Pooling methods (docs/algorithm.md §3.5)."""
 
 NORMALIZATIONS: tuple[str, ...] = ("joint", "per_layer", "none")
 """Per-token normalisation modes (``joint`` = reference)."""
@@ -155,14 +155,14 @@ HIDDEN_STATE_METHODS: tuple[str, ...] = (
     "concat_layers_<a>_<b>_...",
     "stack_layers_<a>_<b>_...",
 )
-"""Layer-selection methods of spec 3.3 (``<i>`` are indices into ``hidden_states``, 0 … N)."""
+"""Layer-selection methods (docs/algorithm.md §3.3; ``<i>`` are indices into ``hidden_states``, 0 … N)."""
 
 NORM_EPS: float = 1e-12
 """Norm floor of the per-token / per-block L2 normalisation (``F.normalize``); a zero vector stays zero."""
 
 
 # --------------------------------------------------------------------------------------------------------
-# Layer selection (spec 3.3)
+# Layer selection (docs/algorithm.md §3.3)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -217,7 +217,8 @@ def _layer_index(value: int, num_layers: int, method: str) -> int:
 
 
 def resolve_hidden_state_method(method: str | LayerSelection, num_layers: int) -> LayerSelection:
-    """Translate a ``hidden_state_method`` (spec 3.3) into a :class:`LayerSelection` for an ``N``-layer model.
+    """Translate a ``hidden_state_method`` into a :class:`LayerSelection` for an ``N``-layer model
+    (docs/algorithm.md §3.3).
 
     ==================================  ============================================================
     method                              layers (indices into ``hidden_states``), combination
@@ -276,7 +277,7 @@ def num_hidden_layers(model: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Per-token features and pooling (spec 3.4, 3.5)
+# Per-token features and pooling (docs/algorithm.md §3.4, §3.5)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -286,7 +287,7 @@ def token_features(
     *,
     normalization: Normalization = "joint",
 ) -> Tensor:
-    """Per-token features from a model's ``hidden_states`` (spec 3.3-3.4).
+    """Per-token features from a model's ``hidden_states`` (docs/algorithm.md §3.3-3.4).
 
     Args:
         hidden_states: the HF tuple (``N + 1`` entries, each ``[..., H]``; unselected entries may be ``None``)
@@ -332,7 +333,7 @@ def pool_blocks(
     *,
     renormalize: bool = False,
 ) -> Tensor:
-    """Pool the ``G`` token features of every block window into one vector per group (spec 3.5).
+    """Pool the ``G`` token features of every block window into one vector per group (docs/algorithm.md §3.5).
 
     Args:
         feats: per-token features ``[..., K, G, NF, D_g]`` (block-major windows).
@@ -377,7 +378,7 @@ def pool_blocks(
 
 
 def whiten_block_features(samples: Tensor, gt: Tensor, **whiten_kwargs: object) -> tuple[Tensor, Tensor]:
-    """Sample-space whitening of every (chunk, block[, token], group) over its ``n`` samples (spec 3.6).
+    """Sample-space whitening of every (chunk, block[, token], group) over its ``n`` samples (docs/algorithm.md §4).
 
     Args:
         samples: ``[B, n, *blocks, NF, D_g]``.
@@ -640,7 +641,7 @@ def compute_features(
         layout: the strided geometry; or give ``context_len`` and ``stride`` (``L``, ``G`` are read from the
             inputs).
         config: the settings (default ``FeatureConfig()``).
-        answer_mask: optional ``[B, L]`` answer mask (``qa_masking``): question-token features are zeroed
+        answer_mask: optional ``[B, L]`` answer mask (docs/algorithm.md §3.6): question-token features are zeroed
             after normalisation and ``last_token`` pools the last answer token of each window; generated token
             ``(t, k)`` inherits the mask of ``C + k*s + t``.
         overrides: :class:`FeatureConfig` fields replacing those of ``config`` (e.g. ``whiten=True``).

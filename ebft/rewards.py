@@ -1,4 +1,4 @@
-"""Feature-matching rewards, leave-one-out baselines and the CFM estimator (spec sections 4, 5.1, 5.2, 6.1).
+"""Feature-matching rewards, leave-one-out baselines and the CFM estimator (docs/algorithm.md §5, §7.1).
 
 Pure tensor math on pooled block features; no model code. Conventions for shapes:
 
@@ -10,20 +10,20 @@ Pure tensor math on pooled block features; no model code. Conventions for shapes
   (:func:`ebft.whitening.whiten`). Which form is meant is decided by ``gt.ndim`` (``== phi.ndim - 1``:
   shared; ``== phi.ndim``: per sample).
 
-Rewards (spec 4.1), for a group with samples phi_1..phi_n and ground truth psi:
+Rewards (docs/algorithm.md §5.1), for a group with samples phi_1..phi_n and ground truth psi:
 
     a_i = 2 cos(phi_i, psi)                                   alignment
     d_i = 2/(n-1) * sum_{j != i} <phi_i, phi_j>                diversity (0 for n = 1)
     r_i = alpha a_i - beta d_i
 
-Why (spec 4.2): the conditional feature-matching loss l = ||mu - psi||^2 with mu = E phi has the
+Why (docs/algorithm.md §5.2): the conditional feature-matching loss l = ||mu - psi||^2 with mu = E phi has the
 score-function gradient grad l = -E[grad log pi(y) (2<phi(y), psi> - 2<phi(y), mu>)]; replacing mu in
 sample i's term by the mean of the other samples gives r_i with alpha = beta = 1 (for unit-norm phi, psi,
 where cos = dot), and E[(1/n) sum_i r_i grad log pi(y_i)] = -grad l exactly. The value of l is estimated
 without bias by :func:`cfm_loss`; for unit-norm features mean_i (a_i - d_i/2) = ||psi||^2 - CFM_hat
 = 1 - CFM_hat.
 
-RLOO baseline (spec 5.1): alignment gets the leave-one-out mean; diversity gets its own baseline
+RLOO baseline (docs/algorithm.md §5.3): alignment gets the leave-one-out mean; diversity gets its own baseline
 b^d_i = (sum_j d_j - 2 d_i)/(n-2) = 2 * mean of <phi_j, phi_l> over ordered pairs j != l of the other n-1
 samples. Both are independent of sample i, so the gradient estimator stays unbiased, and for n >= 3 the
 advantages of a group sum to 0.
@@ -35,7 +35,7 @@ Deviations from the reference implementation and from a peer port (chosen on pur
 * The diversity baseline is separate from the alignment baseline (as in the reference). Applying a
   leave-one-out mean to the *total* reward (a peer's choice) leaves -beta d_i/(n-1) of sample i's own reward
   in its baseline, which shrinks the diversity gradient by (n-2)/(n-1) and cancels it entirely at n = 2.
-* n = 2 (spec 10.11): the two diversity rewards are identical, d_1 = d_2 = 2<phi_1, phi_2>, and each
+* n = 2 (docs/algorithm.md §5.3): the two diversity rewards are identical, d_1 = d_2 = 2<phi_1, phi_2>, and each
   depends on both samples. An unbiased baseline for sample 1 may only depend on sample 2 (b_1 = f(y_2)),
   and f(y_2) + f(y_1) = 2 d cannot hold for all pairs, so the diversity part cannot be centred without
   biasing the gradient (centring on the total reward, as a peer does, cancels the diversity gradient
@@ -45,9 +45,9 @@ Deviations from the reference implementation and from a peer port (chosen on pur
   total-reward RLOO is not.
 * n = 1: there are no other samples; every baseline is 0 and the advantage is the raw reward (REINFORCE).
 * :func:`group_normalized_advantages` normalises by the standard deviation over the **sample** axis (the
-  reference's ``group_norm`` uses the block axis, spec 10.22). EBFT itself uses RLOO without std scaling.
+  reference's ``group_norm`` uses the block axis, docs/algorithm.md §9). EBFT itself uses RLOO without std scaling.
 * :func:`cfm_loss` is the unbiased n-sample estimator computed with raw dot products (the reference's
-  ``eval_critic_loss`` averages over the wrong axis, spec 10.6; a peer logs the biased plug-in estimator).
+  ``eval_critic_loss`` averages over the wrong axis, docs/algorithm.md §7.4; a peer logs the biased plug-in estimator).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _pairwise_dot_sum(sample_feats: Tensor) -> Tensor:
 
 
 def alignment(sample_feats: Tensor, gt_feats: Tensor, eps: float = COSINE_EPS) -> Tensor:
-    """Alignment reward a_i = 2 cos(phi_i, psi) (spec 4.1).
+    """Alignment reward a_i = 2 cos(phi_i, psi) (docs/algorithm.md §5.1).
 
     cos(x, y) = <x, y> / (max(||x||, eps) max(||y||, eps)), as ``F.cosine_similarity``.
 
@@ -128,7 +128,7 @@ def alignment(sample_feats: Tensor, gt_feats: Tensor, eps: float = COSINE_EPS) -
 
 
 def diversity(sample_feats: Tensor) -> Tensor:
-    """Diversity reward d_i = 2/(n-1) * sum_{j != i} <phi_i, phi_j> with raw dot products (spec 4.1, 3.7).
+    """Diversity reward d_i = 2/(n-1) * sum_{j != i} <phi_i, phi_j> with raw dot products (docs/algorithm.md §5.1).
 
     d_i = 0 for n = 1; for n = 2 both samples get 2 <phi_1, phi_2>.
 
@@ -163,10 +163,10 @@ class FeatureMatchingReward(NamedTuple):
 def feature_matching_reward(
     sample_feats: Tensor, gt_feats: Tensor, alpha: float = 1.0, beta: float = 1.0
 ) -> FeatureMatchingReward:
-    """Feature-matching reward r_i = alpha a_i - beta d_i of every sample (spec 4.1).
+    """Feature-matching reward r_i = alpha a_i - beta d_i of every sample (docs/algorithm.md §5.1).
 
     With alpha = beta = 1 and unit-norm, unwhitened features, E[(1/n) sum_i r_i grad log pi(y_i)] is exactly
-    -grad ||E phi - psi||^2 (spec 4.2). General (alpha, beta) follows the gradient of
+    -grad ||E phi - psi||^2 (docs/algorithm.md §5.2). General (alpha, beta) follows the gradient of
     beta ||E phi||^2 - 2 alpha <E phi, psi>.
 
     Args:
@@ -203,7 +203,7 @@ def rloo_baseline(rewards: Tensor) -> Tensor:
 
 
 def diversity_baseline(diversity_rewards: Tensor) -> Tensor:
-    """Dedicated leave-one-out baseline of the diversity reward (spec 5.1).
+    """Dedicated leave-one-out baseline of the diversity reward (docs/algorithm.md §5.3).
 
     For n >= 3: b^d_i = (sum_j d_j - 2 d_i)/(n-2), which equals 2 * the mean of <phi_j, phi_l> over the
     (n-1)(n-2) ordered pairs j != l of the *other* n-1 samples; it does not depend on sample i.
@@ -226,7 +226,7 @@ def diversity_baseline(diversity_rewards: Tensor) -> Tensor:
 def rloo_baselines(
     alignment_rewards: Tensor, diversity_rewards: Tensor, alpha: float = 1.0, beta: float = 1.0
 ) -> Tensor:
-    """EBFT's RLOO baseline b_i = alpha b^a_i - beta b^d_i (spec 5.1).
+    """EBFT's RLOO baseline b_i = alpha b^a_i - beta b^d_i (docs/algorithm.md §5.3).
 
     b^a = :func:`rloo_baseline` of the alignment rewards, b^d = :func:`diversity_baseline`.
 
@@ -269,7 +269,7 @@ def rloo_advantages(
 def group_normalized_advantages(rewards: Tensor, eps: float = 1e-6, unbiased: bool = True) -> Tensor:
     """GRPO-style advantages (r_i - mean_j r_j) / (std_j r_j + eps), statistics over the sample axis.
 
-    The standard deviation is taken over the last (sample) axis, the fix of spec 10.22 (the reference's
+    The standard deviation is taken over the last (sample) axis, the fix listed in docs/algorithm.md §9 (the reference's
     ``group_norm`` uses the block axis). Not used by EBFT (which uses :func:`rloo_advantages`); offered for
     RLVR. Groups with identical rewards get advantage 0; n = 1 gives 0.
 
@@ -291,13 +291,13 @@ def group_normalized_advantages(rewards: Tensor, eps: float = 1e-6, unbiased: bo
 
 
 def block_to_token_advantages(advantages: Tensor, gen_len: int) -> Tensor:
-    """Broadcast block advantages to the G generated tokens of each block (spec 5.2).
+    """Broadcast block advantages to the G generated tokens of each block (docs/algorithm.md §5.4).
 
     Block-major layout, matching ``strided_generate``'s token tensor [B, n, K, G]: token (k, t) of sample i
     gets A_{i,k} for t = 0..G-1. (The reference stores generated tokens step-major in the sequence,
     position L + t*K + k; a consumer working in that layout must transpose the last two axes,
     ``out.transpose(-1, -2)``, before flattening; flattening a block-major tensor against a step-major
-    sequence is the misalignment of spec 10.10 and of the peer port's strided mode.)
+    sequence is the ``token``-pooling misalignment of docs/algorithm.md §9 and of the peer port's strided mode.)
 
     Args:
         advantages: A, [..., n, K].
@@ -314,7 +314,7 @@ def block_to_token_advantages(advantages: Tensor, gen_len: int) -> Tensor:
 
 
 def cfm_loss(sample_feats: Tensor, gt_feats: Tensor) -> Tensor:
-    """Unbiased n-sample estimator of the conditional feature-matching loss ||E phi - psi||^2 (spec 6.1).
+    """Unbiased n-sample estimator of the conditional feature-matching loss ||E phi - psi||^2 (docs/algorithm.md §7.1).
 
         CFM_hat = 1/(n(n-1)) sum_{i != j} <phi_i, phi_j> - (2/n) sum_i <phi_i, psi> + <psi, psi>,
 

@@ -1,4 +1,4 @@
-"""Strided block-parallel sampling and scoring (EBFT spec, section 2).
+"""Strided block-parallel sampling and scoring (docs/algorithm.md §2).
 
 Geometry
 --------
@@ -202,7 +202,7 @@ class StridedLayout:
     def prediction_rows(self, device: torch.device | str | None = None) -> torch.Tensor:
         """``LongTensor[K, G]``: full-sequence row whose logits predict generated token ``(t, k)``.
 
-        ``C + k*s - 1`` for ``t = 0`` and ``L + (t-1)*K + k`` for ``t >= 1`` (spec 2.6).
+        ``C + k*s - 1`` for ``t = 0`` and ``L + (t-1)*K + k`` for ``t >= 1`` (docs/algorithm.md §2.5).
         """
         rows = self.generated_slots(device) - self.num_blocks
         rows[:, 0] = self.prefix_ends(device) - 1
@@ -291,7 +291,7 @@ def build_strided_allowed(
     device: torch.device | str | None = None,
     _check_rows: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean strided attention pattern and position ids (rules of spec 2.2), fully vectorised.
+    """Boolean strided attention pattern and position ids (rules of docs/algorithm.md §2.4), fully vectorised.
 
     Args:
         layout: the geometry.
@@ -451,7 +451,7 @@ def split_strided_sequence(
 
 
 def extend_chunk_metadata(meta: torch.Tensor, layout: StridedLayout) -> torch.Tensor:
-    """Extend per-chunk-token metadata ``[..., L]`` to the full sequence ``[..., S]`` (spec 2.5).
+    """Extend per-chunk-token metadata ``[..., L]`` to the full sequence ``[..., S]`` (docs/algorithm.md §2.3).
 
     Generated token ``(t, k)`` inherits the value at its ground-truth position ``C + k*s + t``.
     """

@@ -1,4 +1,4 @@
-"""Sample-space whitening of block features (spec section 3.6, ``use_whitening``).
+"""Sample-space whitening of block features (docs/algorithm.md §4; EBFT's ``whitening`` option).
 
 What it is
 ----------
@@ -14,8 +14,8 @@ W Y, where Y in R^{n x D} has every row equal to the ground-truth vector psi, so
 
     (W Y)_i = (W 1)_i * psi        (a per-sample rescaled copy of psi).
 
-Consequences (spec 3.6, 10.1, invariant 12)
--------------------------------------------
+Consequences (docs/algorithm.md §4.2; tested: §8, I10)
+------------------------------------------------------
 * This is **not** feature-space whitening (no D x D covariance is formed). It is a symmetric (Loewdin)
   orthogonalisation of the n samples: if they are linearly independent, W X = U V^T has orthonormal rows,
   i.e. the **Gram matrix of the whitened samples is the n x n identity** (unit norms, mutually
@@ -23,15 +23,15 @@ Consequences (spec 3.6, 10.1, invariant 12)
 * If samples are linearly dependent (e.g. two identical generations), the Gram matrix of W X is the
   orthogonal projector onto the row space of X; for one duplicated pair the pair's 2 x 2 block is all 0.5.
 * Cosine alignment with the whitened ground truth equals sign((W 1)_i) * cos((W X)_i, psi).
-* W depends on all n samples, including sample i itself, so the unbiased-gradient derivation of spec 4.2
+* W depends on all n samples, including sample i itself, so the unbiased-gradient derivation of docs/algorithm.md §5.2
   does not cover the whitened variant.
 
 Shapes: ``samples`` is [..., n, D] and ``gt`` is [..., D]; all leading dimensions are independent groups
 (put chunk, block and feature-group axes there). The whitened ground truth is returned per sample,
 [..., n, D].
 
-Fallbacks (spec 3.6 step 6, extended)
--------------------------------------
+Fallbacks (docs/algorithm.md §4.3)
+----------------------------------
 1. Batched thin SVD of X in ``compute_dtype`` (for D > n through a QR decomposition of X^T, which yields
    the same U and sigma much faster).
 2. If the SVD fails for a group: retry once with Gaussian noise of scale ``1e-6 * mean|X|`` added.
@@ -229,7 +229,7 @@ def whiten(
 
     Math (per group): W = (X X^T)^{-1/2} (see :func:`whitening_matrix`), samples -> W X, ground truth
     Y = 1 psi^T -> W Y, whose row i is (W 1)_i * psi. For linearly independent samples the Gram matrix
-    (W X)(W X)^T is exactly the identity (spec 10.1): whitened samples are orthonormal.
+    (W X)(W X)^T is exactly the identity (docs/algorithm.md §4.2): whitened samples are orthonormal.
 
     Args:
         samples: X, [..., n, D].

@@ -39,7 +39,7 @@ def test_metrics_and_reward_identity():
     loss, m = obj.compute_loss(tiny_llama(0), batch(), step=0, micro=0)
     assert loss.requires_grad and torch.isfinite(loss)
     assert m["ebft/reward"] == pytest.approx(m["ebft/alignment"] - m["ebft/diversity"], abs=1e-5)
-    # unit features without whitening (spec 4.2): mean(a - d/2) = 1 - CFM, per block and so on average
+    # unit features without whitening (docs/algorithm.md §5.2): mean(a - d/2) = 1 - CFM, per block and so on average
     assert m["ebft/alignment"] - m["ebft/diversity"] / 2 == pytest.approx(1 - m["ebft/cfm"], abs=1e-5)
 
 

@@ -1,4 +1,4 @@
-"""Tests for ebft.features: the frozen feature network (spec section 3, invariants 10-12, qa_masking 1.2 (a))."""
+"""Tests for ebft.features: the frozen feature network (docs/algorithm.md §3-4, properties I7-I10 of §8)."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def test_layer_selection_matches_plain_forward(llama, method: str, layers: tuple
 
 
 # ---------------------------------------------------------------------------------------------------------
-# invariants 10, 11 and block equivalence
+# identical continuations, unit norms and block equivalence (docs/algorithm.md §8, I8-I9)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -225,7 +225,7 @@ def test_per_layer_normalization_balances_layers(llama) -> None:
         llama, input_ids, generated, context_len=C, stride=STRIDE, embed_method="token", normalization="none"
     )
     torch.testing.assert_close(F.normalize(raw.samples, dim=-1), joint.samples, atol=1e-5, rtol=0)
-    # reference joint normalisation: each layer keeps its share of the raw norm (spec 10.3), no balancing
+    # reference joint normalisation: each layer keeps its share of the raw norm (docs/algorithm.md §3.4), no balancing
     raw_parts = raw.samples.unflatten(-1, (3, -1)).norm(dim=-1)
     joint_parts = joint.samples.unflatten(-1, (3, -1)).norm(dim=-1)
     torch.testing.assert_close(joint_parts, raw_parts / raw.samples.norm(dim=-1, keepdim=True), atol=1e-5, rtol=0)
@@ -252,7 +252,7 @@ def test_block_equivalence_with_plain_forward(qwen, embed_method: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# whitening (invariant 12)
+# whitening (docs/algorithm.md §4; §8, I10)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -398,7 +398,7 @@ def test_input_validation(llama) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# qa_masking (spec 1.2 (a))
+# answer masking (docs/algorithm.md §3.6)
 # ---------------------------------------------------------------------------------------------------------
 
 

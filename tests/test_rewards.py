@@ -1,4 +1,4 @@
-"""Tests of ebft.rewards: rewards, RLOO baselines, CFM estimator, unbiased gradients (spec 4-6, 9)."""
+"""Tests of ebft.rewards: rewards, RLOO baselines, CFM estimator, unbiased gradients (docs/algorithm.md §5, §7, §8)."""
 
 from __future__ import annotations
 
@@ -297,7 +297,10 @@ def test_exact_grad_matches_analytic_formula() -> None:
 @pytest.mark.parametrize("n", [2, 3, 4])
 @pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (0.7, 0.4)])
 def test_unbiased_gradient_exact_enumeration(n: int, alpha: float, beta: float) -> None:
-    """E[(1/n) sum_i r_i grad log pi(y_i)] = -grad(beta ||mu||^2 - 2 alpha <mu, psi>), exactly (spec 4.2)."""
+    """E[(1/n) sum_i r_i grad log pi(y_i)] = -grad(beta ||mu||^2 - 2 alpha <mu, psi>), exactly.
+
+    See docs/algorithm.md §5.2.
+    """
     m = 4
     feats, psi, logits = _discrete_problem(m=m, d=3, seed=100 + n, unit=True)
     p = logits.softmax(0)
@@ -314,7 +317,7 @@ def test_unbiased_gradient_exact_enumeration(n: int, alpha: float, beta: float) 
 
 
 def test_unbiased_gradient_monte_carlo() -> None:
-    """Invariant 16: seeded Monte-Carlo average of the REINFORCE estimator converges to -grad CFM."""
+    """docs/algorithm.md §8, I16: seeded Monte-Carlo average of the REINFORCE estimator converges to -grad CFM."""
     m, n, draws = 5, 4, 100_000
     feats, psi, logits = _discrete_problem(m=m, d=3, seed=110, unit=True)
     p = logits.softmax(0)

@@ -1,5 +1,5 @@
-"""Tests for ebft.strided: layout, masks, KV-cached strided sampling and strided scoring (spec section 2,
-invariants 1-9 of section 9)."""
+"""Tests for ebft.strided: layout, masks, KV-cached strided sampling and strided scoring (docs/algorithm.md §2;
+the properties I1-I6 of §8)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def random_chunk(batch: int, length: int, seed: int = 1) -> torch.Tensor:
 
 
 def naive_allowed(L: int, C: int, s: int, G: int, t: int) -> torch.Tensor:
-    """Spec 2.2 rules written out with Python loops (reference for the vectorised builder)."""
+    """The rules of docs/algorithm.md §2.4 written out with Python loops (reference for the vectorised builder)."""
     K = (L - G - C) // s + 1
     size = L + t * K
     allowed = torch.zeros(size, size, dtype=torch.bool)
@@ -128,7 +128,7 @@ def test_layout_error_names_values():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 2. masks and positions (worked example of spec 2.3)
+# 2. masks and positions (the example of docs/algorithm.md §2.4)
 # ---------------------------------------------------------------------------------------------------------
 
 WORKED_GRID = """
@@ -394,7 +394,7 @@ def test_strided_logprobs_match_plain_causal_and_sampling(arch, attn):
     )
     assert gen_lp.shape == (2, n, K, G) and chunk_lp.shape == (2, L - 1)
     assert gen_lp.dtype == torch.float32 and gen_lp.requires_grad
-    # sampling-time log-probs == scoring-time log-probs (invariant 8)
+    # sampling-time log-probs == scoring-time log-probs (docs/algorithm.md §8, I6)
     torch.testing.assert_close(gen_lp.detach(), sample_lp, atol=ATOL, rtol=0)
     # plain causal forward of each prefix || block at temperature T
     for b in range(2):
@@ -406,7 +406,7 @@ def test_strided_logprobs_match_plain_causal_and_sampling(arch, attn):
                     -1, tokens[b, i, k][:, None]
                 )
                 torch.testing.assert_close(gen_lp[b, i, k].detach(), ref[:, 0], atol=ATOL, rtol=0)
-    # chunk targets at T = 1 (invariant 9)
+    # chunk targets at T = 1 (docs/algorithm.md §8, I6)
     ref_chunk = F.log_softmax(causal_logits(model, x)[:, :-1], dim=-1).gather(-1, x[:, 1:, None])[..., 0]
     torch.testing.assert_close(chunk_lp.detach(), ref_chunk, atol=ATOL, rtol=0)
 
@@ -428,7 +428,7 @@ def test_strided_logprobs_gradient_matches_full_logits():
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
 
-    # reference: full [N, S, V] logits from the causal-LM forward, explicit gather at the spec-2.6 rows
+    # reference: full [N, S, V] logits from the causal-LM forward, explicit gather at the rows of docs/algorithm.md §2.5
     seq = build_strided_sequence(x, gen)
     mask, pos = build_strided_mask_and_positions(layout, dtype=model.dtype)
     logits = model(

@@ -1,4 +1,4 @@
-"""Tests of ebft.whitening: sample-space (Loewdin) whitening, spec 3.6 and invariant 12."""
+"""Tests of ebft.whitening: sample-space (Loewdin) whitening, docs/algorithm.md §4 and §8 (I10)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_float32_input_keeps_dtype_and_is_orthonormal() -> None:
     assert out.gt is not None
     assert out.gt.dtype == torch.float32
     torch.testing.assert_close(_gram(out.samples), torch.eye(4), atol=1e-5, rtol=0)
-    # Diversity is ~0 after whitening independent samples (spec 4.1).
+    # Diversity is ~0 after whitening independent samples (docs/algorithm.md §4.2).
     assert diversity(out.samples).abs().max() < 1e-5
 
 
@@ -193,7 +193,7 @@ def test_fallback_chain_when_svd_fails(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(("delta", "duplicate"), [(1e-9, True), (1e-3, False)])
 def test_near_duplicates_relative_cutoff(delta: float, duplicate: bool) -> None:
-    """Spec 3.6: differences below the 1e-5 relative cut-off are duplicates; larger ones are amplified."""
+    """docs/algorithm.md §4.1: differences below the 1e-5 relative cut-off are duplicates; larger ones are amplified."""
     gen = torch.Generator().manual_seed(10)
     v, w, z, e = torch.randn(4, 8, generator=gen, dtype=torch.float64)
     x = torch.stack([v, v + delta * e, w, z])

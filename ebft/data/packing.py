@@ -1,4 +1,4 @@
-"""Packing documents into fixed-length training chunks (spec section 1.1).
+"""Packing documents into fixed-length training chunks (docs/algorithm.md §1).
 
 Each record is tokenised as ``question`` then ``answer`` (separately, no special tokens, no separator:
 whatever whitespace the strings hold is all there is), documents are joined by one EOS token, and the
@@ -10,7 +10,7 @@ stream is cut into consecutive chunks of ``seq_len`` tokens. Three parallel tens
 * ``doc_ids``    [N, L]  row index of the document each token belongs to (-1 on padding).
 
 Deliberate differences from the reference: the EOS after an answer is a target for QA data (so models
-learn to stop), and padding never enters a loss (the reference scores its EOS padding, spec 10.15).
+learn to stop), and padding never enters a loss (the reference scores its EOS padding; docs/algorithm.md §9).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Validation conditional feature-matching (CFM) loss (spec 6.1, with the unbiased estimator).
+"""Validation conditional feature-matching (CFM) loss (docs/algorithm.md §7, the unbiased estimator).
 
 For every held-out chunk and block k, ``n ≥ 2`` completions ``ŷ_{i,k}`` of ``G`` tokens are sampled from the
 model with the strided sampler, and the frozen feature network (the task's base model) embeds them and the
@@ -7,7 +7,7 @@ ground truth ``y_k``. Per (chunk, block)::
     CFM_hat = 1/(n(n-1)) sum_{i≠j} <phi_i, phi_j>  -  2/n sum_i <phi_i, psi>  +  <psi, psi>
 
 an unbiased estimate of ``|| E phi(c_k, ŷ) - phi(c_k, y_k) ||^2`` (the reference averages over the wrong axis,
-spec 10.6). Reported: ``eval/cfm`` (mean over all blocks), ``eval/cfm_se`` (standard error over blocks),
+docs/algorithm.md §7.4). Reported: ``eval/cfm`` (mean over all blocks), ``eval/cfm_se`` (standard error over blocks),
 ``eval/cfm_se_chunks`` (standard error of the per-chunk means, which accounts for blocks of one chunk being
 correlated), ``eval/alignment`` and ``eval/diversity`` (means of the EBFT reward terms, no whitening).
 """
