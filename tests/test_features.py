@@ -161,7 +161,7 @@ def test_layer_selection_matches_plain_forward(llama, method: str, layers: tuple
 
 @pytest.mark.parametrize("embed_method", EMBED_METHODS)
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_invariant_10_ground_truth_sample_matches(llama, qwen, arch: str, embed_method: str) -> None:
+def test_sample_equal_to_ground_truth_has_its_features(llama, qwen, arch: str, embed_method: str) -> None:
     model = llama if arch == "llama" else qwen
     input_ids, generated = random_batch(B=2, n=3)
     gt_blocks = ground_truth_blocks(input_ids, 3)
@@ -175,7 +175,7 @@ def test_invariant_10_ground_truth_sample_matches(llama, qwen, arch: str, embed_
     assert (a[..., 0] < 2.0 - 1e-4).all()
 
 
-def test_invariant_10_all_samples_equal_gt_and_whitened(llama) -> None:
+def test_all_samples_equal_to_ground_truth_stay_equal_when_whitened(llama) -> None:
     input_ids, _ = random_batch(B=1, n=2)
     generated = ground_truth_blocks(input_ids, 2)
     feats = compute_features(llama, input_ids, generated, context_len=C, stride=STRIDE, whiten=True)
@@ -185,7 +185,7 @@ def test_invariant_10_all_samples_equal_gt_and_whitened(llama) -> None:
 
 
 @pytest.mark.parametrize("method", ["concat", "stack", "mean", "last_only"])
-def test_invariant_11_unit_norms(llama, method: str) -> None:
+def test_features_have_unit_norms(llama, method: str) -> None:
     input_ids, generated = random_batch()
     token = compute_features(
         llama, input_ids, generated, context_len=C, stride=STRIDE, hidden_state_method=method, embed_method="token"
@@ -402,7 +402,7 @@ def test_input_validation(llama) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_qa_masking(llama) -> None:
+def test_answer_mask_pools_only_answer_tokens(llama) -> None:
     input_ids, generated = random_batch(B=1, n=2, seed=13)
     # answer tokens at chunk positions 5..7 only. Windows (C + k*s .. +G-1): k=0: 2-5, k=1: 4-7, k=2: 6-9,
     # k=3: 8-11, k=4: 10-13  ->  last answer offset per block: 3, 3, 1, none, none
