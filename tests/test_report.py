@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -215,6 +216,12 @@ PROBE = """
         const img = Array.from(document.querySelectorAll("#app img")).find((i) => i.src === entry.data_uri);
         rec.shown = !!img && img.complete;
         rec.width = img ? img.naturalWidth : 0;
+        if (img && entry.data_uri.startsWith("data:image/svg+xml")) {
+          // the texts of the SVG the page shows (matplotlib writes each text as a comment next to its glyphs)
+          const svg = new TextDecoder().decode(
+            Uint8Array.from(atob(img.src.split(";base64,")[1]), (c) => c.charCodeAt(0)));
+          rec.texts = Array.from(svg.matchAll(/<!-- (.*?) -->/g), (m) => m[1]);
+        }
       }
       seen.results[path] = rec;
     }
@@ -231,7 +238,6 @@ PROBE = """
 
 def render_report(report: Path) -> dict:
     """Open ``report`` (plus PROBE) in headless Chromium with a fresh profile; what the probe saw."""
-    import json
     import re
 
     profile = Path(tempfile.mkdtemp(prefix="ebft-chromium-"))
@@ -287,6 +293,19 @@ def test_report_html_renders_tables_and_figures_in_chromium(smoke_run):
     assert all(rec["caption"] > 100 for rec in shown.values())  # every artefact has its caption
     assert shown["results/figures/code_qa/runs/sft_default_seed0.svg"]["labels"] == {
         "method": "sft", "variant": "default", "seed": "0"}
+    # what the figures say, read from the SVGs the page shows: curves over the fraction of the run with the
+    # step count in the legend, and a note in a panel whose values are all 0
+    curves = shown["results/figures/code_qa/training_curves.svg"]["texts"]
+    run_texts = shown["results/figures/code_qa/runs/sft_default_seed0.svg"]["texts"]
+    for texts in (curves, run_texts):
+        assert "fraction of the run (0: initial model)" in texts, texts
+        assert "SFT (6 steps)" in texts, texts  # micro config: SFT max_steps 6
+    humaneval = [json.loads(p.read_text())["metrics"]["eval/humaneval_greedy"]
+                 for p in (workdir / "results" / "eval" / "code_qa").rglob("humaneval.json")]
+    assert humaneval
+    if all(v == 0 for v in humaneval):  # the tiny model solves no HumanEval problem
+        assert "all values are 0 (no problem solved)" in curves, curves
+    assert "answer tokens" in shown["results/figures/validation_ce.svg"]["texts"]  # the legend, outside the bars
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,7 @@ def report_meta(config: dict[str, Any], methods: tuple[str, ...] = METHODS) -> d
             variants[method] = {name: {k: v for k, v in params.items() if k in META_PARAMS}
                                 for name, params in task_variants(config, method, task).items()}
         out["tasks"][task] = {"kind": spec.get("kind"), "embed_method": spec.get("embed_method"),
-                              "base_model": spec.get("base_model"),
+                              "base_model": spec.get("base_model"), "sft_warm_start": spec.get("sft_warm_start", "own"),
                               "evaluations": list(spec.get("evaluations", [])), "variants": variants}
     return out
 
@@ -97,6 +97,31 @@ def variant_params(meta: dict[str, Any] | None, task: str, method: str, variant:
         params.setdefault("init", "base")
         params["pooling"] = params.get("embed_method") or tmeta.get("embed_method")
     return params
+
+
+def base_model_key(meta: dict[str, Any] | None, task: str, method: str, variant: str) -> str | None:
+    """Model key of the base model under (task, method, variant): a scale-grid variant's ``base_model``, else
+    the task's; None when ``meta`` has neither."""
+    params = variant_params(meta, task, method, variant)
+    return params.get("base_model") or (meta or {}).get("tasks", {}).get(task, {}).get("base_model")
+
+
+def start_model(meta: dict[str, Any] | None, task: str, method: str, variant: str) -> tuple[str, str | None]:
+    """(method, variant) of the evaluated model a run of (task, method, variant) starts from, with the same seed.
+
+    ``init: base`` (and SFT, which always starts from base): ``("base", model key)``, the key from
+    :func:`base_model_key` (None when unknown). ``init: sft``: the same task's final SFT model,
+    ``("sft", "default")``, or ``("sft", "default.<model>")`` for a scale-grid variant; with
+    ``tasks.<task>.sft_warm_start`` set to a model key, ``("base", that key)`` (evaluated only if it is also a
+    base model; otherwise a figure has no start point for the run).
+    """
+    params = variant_params(meta, task, method, variant)
+    if method == "sft" or params.get("init", "base") == "base":
+        return "base", base_model_key(meta, task, method, variant)
+    if params.get("base_model"):
+        return "sft", f"default.{params['base_model']}"
+    warm = (meta or {}).get("tasks", {}).get(task, {}).get("sft_warm_start") or "own"
+    return ("sft", "default") if warm == "own" else ("base", warm)
 
 
 # ------------------------------------------------------------------------------------------- rows
