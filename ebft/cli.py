@@ -57,8 +57,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ebft.train import train
 
     job = TrainJob(task=args.task, task_spec=args.task_spec, init=args.init, seed=args.seed,
-                   feature_model=args.feature_model)
-    train(args.method, job, args.spec, args.data, args.out)
+                   feature_model=args.feature_model, variant=args.variant)
+    train(args.method, job, args.spec, args.data, args.out, tracking=args.tracking)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", required=True, help="model to start from (directory or hub id)")
     s.add_argument("--feature-model", default=None, help="EBFT: frozen feature network (default: --init)")
     s.add_argument("--data", required=True, help="task data directory with train.jsonl")
+    s.add_argument("--variant", default=None, help="the variant's name (names the run for experiment trackers)")
+    s.add_argument("--tracking", type=_json, default=None,
+                   help="the resolved `tracking` section as JSON (backend, project, group); default: no tracker")
     s.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a model; writes one JSON result")

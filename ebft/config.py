@@ -12,6 +12,7 @@ sections into dataclasses and owns the two pieces of config logic that both the 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import re
@@ -21,12 +22,13 @@ from typing import Any
 
 from ebft import paths
 from ebft.evaluation import EVALUATIONS
+from ebft.lora import LoraSettings
 from ebft.methods import METHODS, REGISTRY
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
-__all__ = ["METHODS", "ConfigError", "TrainConfig", "Run", "EvalJob", "run_grid", "eval_plan", "task_variants",
-           "TRAIN_TASK_KEYS", "train_task_spec", "data_hash"]
+__all__ = ["METHODS", "ConfigError", "TrainConfig", "TrackingConfig", "Run", "EvalJob", "run_grid", "eval_plan",
+           "task_variants", "TRAIN_TASK_KEYS", "train_task_spec", "tracking_spec", "data_hash"]
 
 #: The keys of ``tasks.<task>`` a training or evaluation job reads (:attr:`ebft.methods.TrainJob.task_spec`,
 #: ``ebft evaluate --task-spec``): the record kind (packing, RLVR's verifier), the chunk length, EBFT's
@@ -46,7 +48,8 @@ class TrainConfig:
 
     ``batch_size`` counts sequences (SFT, EBFT: packed chunks; RLVR: prompts) per optimizer step over all
     processes; ``micro_batch_size`` counts them per forward/backward on one process, so the gradient
-    accumulation factor is ``batch_size / (micro_batch_size * world_size)``.
+    accumulation factor is ``batch_size / (micro_batch_size * world_size)``. ``lora``: train LoRA adapters
+    (:mod:`ebft.lora`) instead of every weight; None (the default) is full fine-tuning.
     """
 
     lr: float = 1e-5
@@ -67,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16 (fp32 master weights in every case)
     seq_len: int = 256
+    lora: LoraSettings | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], **extra: Any) -> TrainConfig:
@@ -77,6 +81,8 @@ class TrainConfig:
             kwargs["adam_betas"] = tuple(kwargs["adam_betas"])
         if "checkpoint_steps" in kwargs:
             kwargs["checkpoint_steps"] = tuple(sorted(int(s) for s in kwargs["checkpoint_steps"]))
+        if isinstance(kwargs.get("lora"), dict):
+            kwargs["lora"] = LoraSettings.from_dict(kwargs["lora"])
         cfg = cls(**kwargs)
         cfg.check()
         return cfg
@@ -90,6 +96,48 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_steps {list(self.checkpoint_steps)} exceed max_steps {self.max_steps}")
         if self.schedule not in ("cosine", "constant_with_warmup", "linear"):
             raise ConfigError(f"schedule: unknown value {self.schedule!r}")
+        if self.lora is not None:
+            self.lora.check()
+
+
+#: ``tracking.backend`` -> the Python package its accelerate tracker needs (``none``: no tracker).
+TRACKING_BACKENDS: dict[str, str | None] = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb",
+                                             "mlflow": "mlflow"}
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where the trainer also sends the metrics it writes to ``train_log.jsonl`` (the top-level ``tracking``
+    section, resolved by :func:`tracking_spec`): an accelerate tracker ``backend``, the ``project`` (W&B
+    project, MLflow experiment, TensorBoard sub-directory) and the ``group`` runs are grouped by (W&B group,
+    MLflow tag; the config's name)."""
+
+    backend: str = "none"
+    project: str = "ebft"
+    group: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> TrackingConfig:
+        cfg = cls(**(raw or {}))
+        cfg.check()
+        return cfg
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend != "none"
+
+    def check(self) -> None:
+        if self.backend not in TRACKING_BACKENDS:
+            raise ConfigError(f"tracking.backend: unknown value {self.backend!r} (expected one of "
+                              f"{', '.join(TRACKING_BACKENDS)})")
+
+    def require_package(self) -> None:
+        """Raise :class:`ConfigError` naming the package when the backend's package is not installed
+        (accelerate would silently drop the tracker)."""
+        package = TRACKING_BACKENDS[self.backend]
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"tracking.backend {self.backend!r} needs the Python package {package!r}, which is not "
+                              f"installed (pip install {package})")
 
 
 @dataclass(frozen=True)
@@ -286,6 +334,14 @@ def train_task_spec(config: dict[str, Any], task: str) -> dict[str, Any]:
     """The part of ``tasks.<task>`` a training job reads (:data:`TRAIN_TASK_KEYS`, those that are set)."""
     spec = config["tasks"][task]
     return {k: spec[k] for k in TRAIN_TASK_KEYS if k in spec}
+
+
+def tracking_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved ``tracking`` section a training job gets (:class:`TrackingConfig` fields): ``backend``
+    (default ``none``), ``project`` (default: the config's ``name``) and ``group`` (the config's ``name``)."""
+    tracking = config.get("tracking") or {}
+    name = config.get("name", "ebft")
+    return {"backend": tracking.get("backend", "none"), "project": tracking.get("project", name), "group": name}
 
 
 def data_hash(config: dict[str, Any], task: str) -> str:

@@ -19,6 +19,8 @@ import inspect
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     Qwen2Config,
 )
+
+from ebft.lora import is_peft, merged_state_dict
 
 ARCHITECTURES = {"qwen2": Qwen2Config, "llama": LlamaConfig}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -92,14 +96,28 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path) -> None:
-    """Write ``model`` (+ tokenizer) to ``out`` via a sibling temp dir and a rename: readers never see half a model."""
-    out = Path(out)
+    """Write ``model`` (+ tokenizer) to ``out`` via a sibling temp dir and a rename: readers never see half a model.
+
+    A ``peft`` model (a LoRA run) is written as the merged plain model (:func:`ebft.lora.merged_state_dict`),
+    so every saved model loads with ``from_pretrained`` and no ``peft``.
+    """
+    with staged_dir(Path(out)) as tmp:
+        if is_peft(model):
+            model.get_base_model().save_pretrained(tmp, state_dict=merged_state_dict(model), safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+
+@contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A fresh temp directory next to ``out`` to write into; when the block ends without an exception it
+    replaces ``out`` (:func:`replace_dir`), otherwise it is removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        yield tmp
         replace_dir(tmp, out)
     finally:
         if tmp.exists():
@@ -126,22 +144,33 @@ def count_parameters(model: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The ``transformers`` model inside a ``peft`` wrapper (``get_base_model()``: the causal LM whose linear
+    layers carry the adapters), else ``model`` itself."""
+    return model.get_base_model() if is_peft(model) else model
+
+
 def backbone(model: nn.Module) -> nn.Module:
     """The transformer body that returns final hidden states: ``model.base_model``.
 
     That is ``model.model`` for a Llama/Qwen2 causal LM and the model itself for a bare ``AutoModel`` body
-    (``PreTrainedModel.base_model`` falls back to ``self``). Its output's ``last_hidden_state [..., H]`` is the
-    state after the final norm, the input of :func:`lm_head`.
+    (``PreTrainedModel.base_model`` falls back to ``self``). A ``peft`` model is unwrapped first
+    (:func:`unwrap_peft`; its own ``base_model`` is the ``LoraModel`` wrapper, not the body), so the body
+    runs with its adapters. Its output's ``last_hidden_state [..., H]`` is the state after the final norm,
+    the input of :func:`lm_head`.
     """
+    model = unwrap_peft(model)
     return getattr(model, "base_model", model)
 
 
 def lm_head(model: nn.Module) -> nn.Module:
-    """The output embedding ``H -> V`` of a causal LM (``get_output_embeddings()``, else ``model.lm_head``).
+    """The output embedding ``H -> V`` of a causal LM (``get_output_embeddings()``, else ``model.lm_head``;
+    inside the wrapper for a ``peft`` model).
 
     Raises:
         ValueError: for a model without one (a bare transformer body cannot sample or score).
     """
+    model = unwrap_peft(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         head = getattr(model, "lm_head", None)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ebft.config import TrainConfig
+from ebft.config import TrackingConfig, TrainConfig
 from ebft.data.jsonl import interleave, read_split
 from ebft.data.manifest import manifest_kind, verify_split
 from ebft.methods import TrainJob, get_method
@@ -82,12 +82,19 @@ def pretrain(tokenizer: str | Path, data: list[str], spec: Mapping[str, Any], ou
     return Trainer(cfg, out, fingerprint_extra=extra).fit(model, tok, packed, SFTObjective())
 
 
-def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | Path, out: str | Path) -> dict[str, Any]:
+def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | Path, out: str | Path,
+          tracking: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``job.init`` with ``method`` on ``<data_dir>/train.jsonl``; ``spec`` is the resolved variant
     (optimisation keys for :class:`TrainConfig`, the method's keys for its typed config). Resumes from
-    ``<out>/resume`` when its fingerprint matches; returns the trainer's summary."""
+    ``<out>/resume`` when its fingerprint matches; returns the trainer's summary.
+
+    With ``lora`` in ``spec`` the policy is wrapped with LoRA adapters (:mod:`ebft.lora`) after the objective
+    is built, so the frozen feature network and KL reference are the initial model without adapters;
+    ``<out>/model`` is the merged model and ``<out>/adapter`` the adapter. ``tracking``: the resolved
+    ``tracking`` section (:class:`TrackingConfig`); the tracker's run is named :func:`run_name`.
+    """
     from ebft.data.packing import pack_records
-    from ebft.modeling import load_model, load_tokenizer
+    from ebft.modeling import count_parameters, load_model, load_tokenizer
     from ebft.slurm import check_visible_gpus, expected_gpus
     from ebft.trainer import Trainer, data_identity, model_identity
 
@@ -98,10 +105,19 @@ def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | P
         raise ValueError(f"{method} needs a verifiable reward; task {job.task} of kind {kind!r} has none")
     cfg = TrainConfig.from_dict(dict(spec), seed=job.seed, seq_len=job.task_spec["seq_len"])
     method_cfg = entry.config(spec, f"methods.{method}")
+    tracker = TrackingConfig.from_dict(dict(tracking or {}))
+    tracker.require_package()  # before the data and the model: a missing package fails in seconds
     train_rows = read_train_split(Path(data_dir) / "train.jsonl", kind)  # before the model: fails in seconds
     tok = load_tokenizer(job.init)
     model = load_model(job.init)
     objective = entry.build(method_cfg, job)
+    if cfg.lora is not None:
+        from ebft.lora import wrap
+
+        model = wrap(model, cfg.lora)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("LoRA r=%d on %s: %d of %d parameters train", cfg.lora.r, cfg.lora.target_modules, trainable,
+                 count_parameters(model))
     collate = None
     if entry.inputs == "prompts":
         dataset, collate = RecordDataset(train_rows), collate_records
@@ -113,6 +129,14 @@ def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | P
              "init_weights": {"init": model_identity(job.init)}}
     if job.feature_model is not None and str(job.feature_model) != str(job.init):
         extra["init_weights"]["feature_model"] = model_identity(job.feature_model)
-    summary = Trainer(cfg, out, fingerprint_extra=extra).fit(model, tok, dataset, objective, collate_fn=collate)
+    trainer = Trainer(cfg, out, fingerprint_extra=extra, tracking=tracker, run_name=run_name(method, job))
+    summary = trainer.fit(model, tok, dataset, objective, collate_fn=collate)
     log.info("done: %s", summary)
     return summary
+
+
+def run_name(method: str, job: TrainJob) -> str:
+    """``{task}/{method}/{variant}/seed{seed}`` (the run's path below ``results/runs``; without the variant
+    when the job has none): the tracker's name of the run."""
+    parts = [job.task, method, *([job.variant] if job.variant else []), f"seed{job.seed}"]
+    return "/".join(parts)

@@ -13,6 +13,10 @@ Files of one run (``out_dir`` is ``results/runs/{task}/{method}/{variant}/seed{s
     out_dir/checkpoints/step{N}/   HF checkpoints at the configured steps (declared outputs)
     out_dir/train_log.jsonl        one JSON object per logged step (declared output); non-finite metric
                                    values are written as null (e.g. EBFT's ``ebft/cfm`` with one sample)
+    out_dir/adapter/               LoRA runs only (not a declared output): the adapter alone
+                                   (:func:`ebft.lora.save_adapter`); ``model/`` and the checkpoints are merged
+    out_dir/tracking/              with a tracker only (not a declared output): TensorBoard event files
+                                   (``tracking/<project>/``), W&B's local run files (``tracking/wandb/``)
     out_dir/resume/                NOT a declared output, so Snakemake leaves it alone on a rerun:
         latest.json                step, epoch, data position and fingerprint (with its parts) of the
                                    newest state
@@ -34,6 +38,16 @@ the training ``data`` (SHA-256 of the training split, :func:`data_identity`) and
 initial model's weight, config and tokenizer files, :func:`model_identity`, or its state,
 :func:`state_identity`). When one differs the run starts from step 0 and the warning names the parts that
 changed.
+
+LoRA: a ``peft`` model trains its adapters only (the optimizer gets the parameters that require gradients);
+every model written is the merged one (:func:`ebft.modeling.save_pretrained_atomic`), and the resume state
+holds the wrapped model's whole state dict, adapters included.
+
+Tracking (:class:`~ebft.config.TrackingConfig`): the accelerator is built with ``log_with`` = the backend and
+``project_dir`` = ``out_dir/tracking``; ``init_trackers`` gets the flat run config (:func:`flat_config`), the
+run name and the group, and every record written to ``train_log.jsonl`` is also sent to the tracker with
+the same step (``accelerator.log``). A resumed run hides the TensorBoard events after the resumed step
+(``purge_step``), as the log drops its records; a run that starts from step 0 starts ``tracking/`` afresh.
 """
 
 from __future__ import annotations
@@ -46,7 +60,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,7 +72,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from ebft.config import TrainConfig
+from ebft.config import TrackingConfig, TrainConfig
+from ebft.lora import ADAPTER_DIR, is_peft, save_adapter
 from ebft.modeling import replace_dir, save_pretrained_atomic
 
 log = logging.getLogger(__name__)
@@ -130,10 +145,16 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: :class:`TrainConfig` fields added after resume states were first written: left out of the fingerprint
+#: while unset (None), so the states of runs that do not use them stay valid.
+LATER_TRAIN_FIELDS: tuple[str, ...] = ("lora",)
+
+
 def fingerprint_parts(cfg: TrainConfig, extra: dict[str, Any]) -> dict[str, str]:
     """Hash of each :data:`FINGERPRINT_PARTS` entry: what must match for a resume state to be reused."""
     rest = {k: v for k, v in extra.items() if k not in FINGERPRINT_PARTS}
-    return {"config": _digest({"train": asdict(cfg), "extra": rest}),
+    train = {k: v for k, v in asdict(cfg).items() if not (k in LATER_TRAIN_FIELDS and v is None)}
+    return {"config": _digest({"train": train, "extra": rest}),
             **{part: _digest(extra.get(part)) for part in FINGERPRINT_PARTS if part != "config"}}
 
 
@@ -197,12 +218,26 @@ class Trainer:
         fingerprint_extra: dict[str, Any] | None = None,
         accelerator: Accelerator | None = None,
         show_progress: bool = True,
+        tracking: TrackingConfig | None = None,
+        run_name: str | None = None,
     ) -> None:
+        """``tracking``: send the logged metrics to an accelerate tracker as well (its package must be
+        installed; the trainer then builds the accelerator, so ``accelerator`` must be None); ``run_name``:
+        the tracker's run name (default: the run directory's name)."""
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.resume_dir = self.out_dir / "resume"
-        self.fingerprint_parts = fingerprint_parts(cfg, fingerprint_extra or {})
+        self.fingerprint_extra = fingerprint_extra or {}
+        self.fingerprint_parts = fingerprint_parts(cfg, self.fingerprint_extra)
         self.fingerprint = _digest(self.fingerprint_parts)  # the whole, also stored (and shown) in latest.json
+        self.tracking = tracking or TrackingConfig()
+        self.run_name = run_name or self.out_dir.name
+        if self.tracking.enabled:
+            self.tracking.require_package()
+            if accelerator is not None:
+                raise ValueError("Trainer: tracking needs the accelerator the trainer builds; pass no accelerator")
+            accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=self.tracking.backend,
+                                      project_dir=str(self.tracking_dir))
         self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
         world = self.accelerator.num_processes
         if cfg.batch_size % (cfg.micro_batch_size * world):
@@ -238,6 +273,44 @@ class Trainer:
 
     def _log_path(self) -> Path:
         return self.resume_dir / "train_log.jsonl"
+
+    @property
+    def tracking_dir(self) -> Path:
+        """Where trackers write locally (TensorBoard events, W&B offline runs): ``out_dir/tracking``."""
+        return self.out_dir / "tracking"
+
+    @contextmanager
+    def _tracked(self, objective: str, resumed_at: int | None) -> Iterator[None]:
+        """Start the tracker (when one is configured) for the block and end it afterwards, also when the
+        block raises, so the tracker's files are flushed. ``resumed_at``: the step a resumed run continues
+        from (None: from step 0, and the tracking directory starts afresh)."""
+        acc, tracking = self.accelerator, self.tracking
+        if not tracking.enabled:
+            yield
+            return
+        if acc.is_main_process:
+            if resumed_at is None and self.tracking_dir.exists():
+                shutil.rmtree(self.tracking_dir)
+            self.tracking_dir.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, dict[str, Any]] = {
+            "tensorboard": {"purge_step": resumed_at + 1} if resumed_at else {},
+            "wandb": {"name": self.run_name, "group": tracking.group, "dir": str(self.tracking_dir)},
+            "mlflow": {"run_name": self.run_name, **({"tags": {"group": tracking.group}} if tracking.group else {})},
+        }
+        config = flat_config({"run": self.run_name, "objective": objective, "train": asdict(self.cfg),
+                              **self.fingerprint_extra})
+        acc.init_trackers(tracking.project, config=config, init_kwargs={tracking.backend: kwargs[tracking.backend]})
+        try:
+            yield
+        finally:
+            acc.end_training()
+
+    def _track(self, record: dict[str, Any]) -> None:
+        """Send one ``train_log.jsonl`` record to the tracker, at its step; values the log writes as null
+        (non-finite) are left out."""
+        if self.tracking.enabled:
+            values = {k: v for k, v in finite_or_null(record).items() if k != "step" and v is not None}
+            self.accelerator.log(values, step=record["step"])
 
     def _write_log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -341,8 +414,9 @@ class Trainer:
             raise ValueError(f"checkpoint_steps {list(cfg.checkpoint_steps)} exceed the {total} training steps")
 
         model.train()
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        trained = [p for p in model.parameters() if p.requires_grad]  # a LoRA model: its adapters
+        decay = [p for p in trained if p.ndim >= 2]
+        no_decay = [p for p in trained if p.ndim < 2]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr,
@@ -390,51 +464,56 @@ class Trainer:
         # the micro-batches of the current E-step group and the data position where they start
         group_start = (epoch, consumed)
         held = [next(data) for _ in range(self.accum)] if step % reuse else []
-        start_step, t0, tokens_seen = step, time.time(), 0
-        bar = tqdm(total=total, initial=step, disable=not (self.show_progress and acc.is_main_process),
-                   desc=f"train {objective.name}", dynamic_ncols=True)
-        while step < total:
-            sums: dict[str, float] = {}
-            if step % reuse == 0:
-                group_start = (epoch, consumed)
-                held = [next(data) for _ in range(self.accum)]
-            for micro, batch in enumerate(held):
-                sync = micro == self.accum - 1
-                global_micro = micro * acc.num_processes + acc.process_index
-                with nullcontext() if (sync or not wrap) else acc.no_sync(model), acc.autocast():
-                    loss, metrics = objective.compute_loss(model, batch, step, global_micro)
-                acc.backward(loss / self.accum)
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / self.accum
-                if "input_ids" in batch:
-                    tokens_seen += int(batch["input_ids"].numel())
-            if not wrap and acc.num_processes > 1:
-                average_gradients(model, acc.num_processes)
-            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
+        with self._tracked(objective.name, step if meta is not None else None):
+            start_step, t0, tokens_seen = step, time.time(), 0
+            bar = tqdm(total=total, initial=step, disable=not (self.show_progress and acc.is_main_process),
+                       desc=f"train {objective.name}", dynamic_ncols=True)
+            while step < total:
+                sums: dict[str, float] = {}
+                if step % reuse == 0:
+                    group_start = (epoch, consumed)
+                    held = [next(data) for _ in range(self.accum)]
+                for micro, batch in enumerate(held):
+                    sync = micro == self.accum - 1
+                    global_micro = micro * acc.num_processes + acc.process_index
+                    torch.manual_seed(micro_seed(cfg.seed, step, global_micro))  # dropout: exact on resume
+                    with nullcontext() if (sync or not wrap) else acc.no_sync(model), acc.autocast():
+                        loss, metrics = objective.compute_loss(model, batch, step, global_micro)
+                    acc.backward(loss / self.accum)
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + float(v) / self.accum
+                    if "input_ids" in batch:
+                        tokens_seen += int(batch["input_ids"].numel())
+                if not wrap and acc.num_processes > 1:
+                    average_gradients(model, acc.num_processes)
+                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
 
-            if step % cfg.log_every == 0 or step == total or step == start_step + 1:
-                reduced = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item() for k, v in sums.items()}
-                record = {"step": step, "epoch": epoch, **reduced, "train/grad_norm": float(grad_norm),
-                          "train/lr": lr, "time/elapsed_s": round(time.time() - t0, 3),
-                          "time/tokens_per_s": round(tokens_seen * acc.num_processes / max(time.time() - t0, 1e-9), 1)}
-                self._write_log(record)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in reduced.items() if k == "train/loss"})
-            if step in cfg.checkpoint_steps:
-                self._save_checkpoint(model, tokenizer, self.resume_dir / "checkpoints" / f"step{step}")
-            due = step % cfg.resume_every == 0 or step in cfg.checkpoint_steps or step == stop_after_step
-            if due and step < total:
-                self._save_state(step, *((epoch, consumed) if step % reuse == 0 else group_start), objective)
-            if stop_after_step is not None and step >= stop_after_step and step < total:
-                bar.close()
-                return {"stopped_at": step}
-        bar.close()
-        return self._finish(model, tokenizer, total, time.time() - t0)
+                if step % cfg.log_every == 0 or step == total or step == start_step + 1:
+                    reduced = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item()
+                               for k, v in sums.items()}
+                    elapsed = time.time() - t0
+                    record = {"step": step, "epoch": epoch, **reduced, "train/grad_norm": float(grad_norm),
+                              "train/lr": lr, "time/elapsed_s": round(elapsed, 3),
+                              "time/tokens_per_s": round(tokens_seen * acc.num_processes / max(elapsed, 1e-9), 1)}
+                    self._write_log(record)
+                    self._track(record)
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in reduced.items() if k == "train/loss"})
+                if step in cfg.checkpoint_steps:
+                    self._save_checkpoint(model, tokenizer, self.resume_dir / "checkpoints" / f"step{step}")
+                due = step % cfg.resume_every == 0 or step in cfg.checkpoint_steps or step == stop_after_step
+                if due and step < total:
+                    self._save_state(step, *((epoch, consumed) if step % reuse == 0 else group_start), objective)
+                if stop_after_step is not None and step >= stop_after_step and step < total:
+                    bar.close()
+                    return {"stopped_at": step}
+            bar.close()
+            return self._finish(model, tokenizer, total, time.time() - t0)
 
     # ------------------------------------------------------------------------------------------ outputs
     def _save_checkpoint(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, path: Path) -> None:
@@ -447,8 +526,11 @@ class Trainer:
     def _finish(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, total: int,
                 seconds: float) -> dict[str, Any]:
         acc = self.accelerator
-        self._save_checkpoint(model, tokenizer, self.out_dir / "model")
+        self._save_checkpoint(model, tokenizer, self.out_dir / "model")  # merged, for a LoRA model
         if acc.is_main_process:
+            unwrapped = acc.unwrap_model(model)
+            if is_peft(unwrapped):
+                save_adapter(unwrapped, self.out_dir / ADAPTER_DIR)
             self._write_log({"event": "end", "step": total})
             for staged in sorted((self.resume_dir / "checkpoints").glob("step*")):
                 dst = self.out_dir / "checkpoints" / staged.name
@@ -460,6 +542,15 @@ class Trainer:
             shutil.rmtree(self.resume_dir, ignore_errors=True)
         acc.wait_for_everyone()
         return {"steps": total, "seconds": seconds}
+
+
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of torch's global RNG for one micro-batch (set before ``compute_loss``): a pure function of (run
+    seed, optimizer step, global micro-batch index), so what draws from it in the loss forward (LoRA or model
+    dropout) is the same after a resume and for any number of processes. Rollouts draw from their own
+    generators (:func:`ebft.methods.base.rollout_seed`); this stream is independent of theirs."""
+    digest = hashlib.sha256(f"micro:{seed}:{step}:{micro}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def average_gradients(model: torch.nn.Module, world: int) -> None:
@@ -476,6 +567,24 @@ def average_gradients(model: torch.nn.Module, world: int) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def flat_config(value: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested run description as one flat mapping for a tracker's run config: nested keys joined by
+    ``/`` (``train/lr``, ``spec/lora/r``), lists and tuples as JSON text, None as ``"none"``; scalars stay
+    (TensorBoard's hparams, W&B and MLflow all take such values)."""
+    if isinstance(value, dict):
+        flat: dict[str, bool | int | float | str] = {}
+        for key, item in value.items():
+            flat.update(flat_config(item, f"{prefix}/{key}" if prefix else str(key)))
+        return flat
+    if isinstance(value, bool | int | float | str):
+        return {prefix: value}
+    if value is None:
+        return {prefix: "none"}
+    if isinstance(value, list | tuple):
+        return {prefix: json.dumps(value, default=str)}
+    return {prefix: str(value)}
 
 
 def finite_or_null(value: Any) -> Any:

@@ -30,6 +30,7 @@ class TrainJob:
     init: str  #: model (directory or hub id) the run starts from; also the frozen KL reference
     seed: int
     feature_model: str | None = None  #: EBFT's frozen feature network (default: ``init``)
+    variant: str | None = None  #: the variant's name (names the run for experiment trackers)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 # {task}/{variant}/seed{seed}. Resume state lives in <run>/resume/ (not a declared output), so
 # `--rerun-incomplete` after a crash continues where the job stopped.
 
+import shlex
+
+from ebft.config import tracking_spec
+
 
 def train_inputs(method):
     def _inputs(wildcards):
@@ -15,6 +19,13 @@ def train_inputs(method):
 
 def feature_flag(wildcards, input):
     return f"--feature-model {input.features}" if "features" in input.keys() else ""
+
+
+def tracking_flag(wildcards):
+    """``--tracking`` with the resolved `tracking` section (ebft.config.tracking_spec), or nothing without a
+    tracker (the tiny default). A param: changing the tracker reruns training (docs/slurm.md)."""
+    spec = tracking_spec(config)
+    return f"--tracking {shlex.quote(as_json(spec))}" if spec["backend"] != "none" else ""
 
 
 for _method in METHODS:
@@ -36,6 +47,7 @@ for _method in METHODS:
             data_hash=lambda wildcards: data_hash(config, wildcards.task),
             spec=lambda wildcards, m=_method: as_json(variant_spec(m, wildcards.variant, wildcards.task)),
             features=feature_flag,
+            tracking=tracking_flag,
             run=lambda wildcards, m=_method: run_dir(wildcards.task, m, wildcards.variant, wildcards.seed),
             data=lambda wildcards: fill(paths.DATA_DIR, task=wildcards.task),
             launch=launcher,
@@ -48,6 +60,6 @@ for _method in METHODS:
             ENV
         shell:
             "{params.launch} --threads {threads} train --method {params.method} --task {wildcards.task} "
-            "--task-spec {params.task_spec:q} --spec {params.spec:q} --seed {wildcards.seed} "
-            "--init {input.init} {params.features} --data {params.data} --out {params.run} "
-            "> {log} 2>&1"
+            "--variant {wildcards.variant} --task-spec {params.task_spec:q} --spec {params.spec:q} "
+            "--seed {wildcards.seed} --init {input.init} {params.features} {params.tracking} --data {params.data} "
+            "--out {params.run} > {log} 2>&1"
