@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ebft import paths
+from ebft.distributed import DistributedSettings
 from ebft.evaluation import EVALUATIONS
 from ebft.lora import LoraSettings
 from ebft.methods import METHODS, REGISTRY
@@ -49,7 +50,9 @@ class TrainConfig:
     ``batch_size`` counts sequences (SFT, EBFT: packed chunks; RLVR: prompts) per optimizer step over all
     processes; ``micro_batch_size`` counts them per forward/backward on one process, so the gradient
     accumulation factor is ``batch_size / (micro_batch_size * world_size)``. ``lora``: train LoRA adapters
-    (:mod:`ebft.lora`) instead of every weight; None (the default) is full fine-tuning.
+    (:mod:`ebft.lora`) instead of every weight; None (the default) is full fine-tuning. ``distributed``: how
+    the policy is spread over the processes (:mod:`ebft.distributed`: ``ddp`` replicated, ``fsdp`` sharded
+    per decoder layer); None (the default) is ``ddp``.
     """
 
     lr: float = 1e-5
@@ -71,6 +74,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (fp32 master weights in every case)
     seq_len: int = 256
     lora: LoraSettings | None = None
+    distributed: DistributedSettings | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], **extra: Any) -> TrainConfig:
@@ -83,6 +87,8 @@ class TrainConfig:
             kwargs["checkpoint_steps"] = tuple(sorted(int(s) for s in kwargs["checkpoint_steps"]))
         if isinstance(kwargs.get("lora"), dict):
             kwargs["lora"] = LoraSettings.from_dict(kwargs["lora"])
+        if isinstance(kwargs.get("distributed"), dict):
+            kwargs["distributed"] = DistributedSettings.from_dict(kwargs["distributed"])
         cfg = cls(**kwargs)
         cfg.check()
         return cfg
@@ -98,6 +104,18 @@ class TrainConfig:
             raise ConfigError(f"schedule: unknown value {self.schedule!r}")
         if self.lora is not None:
             self.lora.check()
+        if self.distributed is not None:
+            self.distributed.check()
+            if self.distributed.sharded and self.lora is not None:
+                raise ConfigError("distributed.strategy: fsdp does not train LoRA adapters (use ddp with lora)")
+            if self.distributed.sharded and self.mixed_precision not in ("no", "bf16"):
+                raise ConfigError(f"distributed.strategy: fsdp takes mixed_precision no or bf16, not "
+                                  f"{self.mixed_precision!r}")
+
+    @property
+    def sharded(self) -> bool:
+        """True when the policy is sharded with FSDP (``distributed.strategy: fsdp``)."""
+        return self.distributed is not None and self.distributed.sharded
 
 
 #: ``tracking.backend`` -> the Python package its accelerate tracker needs (``none``: no tracker).

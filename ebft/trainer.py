@@ -73,6 +73,15 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from ebft.config import TrackingConfig, TrainConfig
+from ebft.distributed import (
+    SHARDED_STATE_DIR,
+    full_state_dict,
+    is_sharded,
+    load_sharded,
+    plain_model,
+    save_sharded,
+    shard_model,
+)
 from ebft.lora import ADAPTER_DIR, is_peft, save_adapter
 from ebft.modeling import replace_dir, save_pretrained_atomic
 
@@ -147,7 +156,7 @@ def _digest(obj: Any) -> str:
 
 #: :class:`TrainConfig` fields added after resume states were first written: left out of the fingerprint
 #: while unset (None), so the states of runs that do not use them stay valid.
-LATER_TRAIN_FIELDS: tuple[str, ...] = ("lora",)
+LATER_TRAIN_FIELDS: tuple[str, ...] = ("lora", "distributed")
 
 
 def fingerprint_parts(cfg: TrainConfig, extra: dict[str, Any]) -> dict[str, str]:
@@ -247,6 +256,7 @@ class Trainer:
             )
         self.accum = cfg.batch_size // (cfg.micro_batch_size * world)
         self.show_progress = show_progress
+        self._sharded: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None  # FSDP: (model, optimizer)
 
     # ------------------------------------------------------------------------------------------ helpers
     def total_steps(self, num_examples: int, updates_per_batch: int = 1) -> int:
@@ -336,6 +346,8 @@ class Trainer:
             shutil.rmtree(target)
         acc.wait_for_everyone()
         acc.save_state(str(target))
+        if self._sharded is not None:  # FSDP: the model and optimizer shards, one file per process
+            save_sharded(*self._sharded, target / SHARDED_STATE_DIR)
         torch.save(objective.state_dict(), target / f"objective_state_rank{acc.process_index}.pt")
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -413,6 +425,9 @@ class Trainer:
         if any(s > total for s in cfg.checkpoint_steps):
             raise ValueError(f"checkpoint_steps {list(cfg.checkpoint_steps)} exceed the {total} training steps")
 
+        shard = cfg.sharded and acc.num_processes > 1
+        if shard:  # before the optimizer: it must hold the sharded parameters
+            shard_model(model, cfg.distributed, cfg.mixed_precision, acc.device.type)
         model.train()
         trained = [p for p in model.parameters() if p.requires_grad]  # a LoRA model: its adapters
         decay = [p for p in trained if p.ndim >= 2]
@@ -427,9 +442,16 @@ class Trainer:
         loader = DataLoader(
             dataset, batch_size=cfg.micro_batch_size, sampler=sampler, collate_fn=collate_fn, drop_last=True
         )
-        wrap = getattr(objective, "wrap_ddp", True)
-        model = acc.prepare_model(model, evaluation_mode=not wrap)
-        optimizer, loader = acc.prepare(optimizer, loader)
+        # FSDP reduce-scatters gradients itself: no DDP wrapper, no own all-reduce; the model and optimizer
+        # stay out of accelerate (its state would hold the main process's shards only), the resume state
+        # writes them with torch.distributed.checkpoint
+        wrap = getattr(objective, "wrap_ddp", True) and not shard
+        if shard:
+            loader = acc.prepare(loader)
+            self._sharded = (model, optimizer)
+        else:
+            model = acc.prepare_model(model, evaluation_mode=not wrap)
+            optimizer, loader = acc.prepare(optimizer, loader)
         acc.register_for_checkpointing(scheduler)
         objective.setup(acc, model)
 
@@ -438,6 +460,8 @@ class Trainer:
         if meta is not None:
             state_dir = self.resume_dir / meta["state"]
             acc.load_state(str(state_dir))
+            if self._sharded is not None:
+                load_sharded(*self._sharded, state_dir / SHARDED_STATE_DIR)
             step, epoch, consumed = meta["step"], meta["epoch"], meta["consumed_in_epoch"]
             objective.load_state_dict(
                 torch.load(state_dir / f"objective_state_rank{acc.process_index}.pt", weights_only=False))
@@ -484,9 +508,13 @@ class Trainer:
                         sums[k] = sums.get(k, 0.0) + float(v) / self.accum
                     if "input_ids" in batch:
                         tokens_seen += int(batch["input_ids"].numel())
-                if not wrap and acc.num_processes > 1:
+                if not wrap and acc.num_processes > 1 and not shard:
                     average_gradients(model, acc.num_processes)
-                grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if shard:  # DTensor gradients: the norm is reduced over the shards
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                else:
+                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
@@ -519,7 +547,11 @@ class Trainer:
     def _save_checkpoint(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, path: Path) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
-        if acc.is_main_process:
+        if is_sharded(model):  # gathered on every process, written by the main one as a plain HF model
+            state = full_state_dict(model)
+            if acc.is_main_process:
+                save_pretrained_atomic(plain_model(model, state), tokenizer, path)
+        elif acc.is_main_process:
             save_pretrained_atomic(acc.unwrap_model(model), tokenizer, path)
         acc.wait_for_everyone()
 
