@@ -228,7 +228,8 @@ def method_variants(method_cfg: dict[str, Any], task: str | None = None) -> dict
 
 def task_variants(config: dict[str, Any], method: str, task: str) -> dict[str, dict[str, Any]]:
     """Variants of ``method`` trained on ``task``: the method's own (minus those restricted to other tasks)
-    plus, when ``scale.enabled``, ``{variant}.{model}`` copies with ``base_model`` set to each scale model."""
+    plus, when ``scale.enabled``, ``{variant}.{model}`` copies with ``base_model`` set to each scale model
+    (and ``distributed`` set to ``scale.distributed`` when that is given: the larger models train sharded)."""
     if method not in config.get("methods", {}):
         return {}
     own = method_variants(config["methods"][method], task)
@@ -243,7 +244,9 @@ def task_variants(config: dict[str, Any], method: str, task: str) -> dict[str, d
             for model in scale["models"]:
                 if model not in config["models"]:
                     raise ConfigError(f"scale.models: {model!r} is not a key of `models`")
-                out[f"{variant}.{model}"] = {**own[variant], "base_model": model}
+                out[f"{variant}.{model}"] = {**own[variant], "base_model": model,
+                                             **({"distributed": scale["distributed"]} if scale.get("distributed")
+                                                else {})}
     return out
 
 

@@ -8,12 +8,12 @@
   for those that do not, ``wrap_ddp = False``).
 * ``fsdp`` with more than one process: the policy is sharded with FSDP2
   (``torch.distributed.fsdp.fully_shard``, applied here, not through accelerate's FSDP plugin) by
-  :func:`shard_model`: one FSDP unit per decoder layer, one unit grouping the modules around them (input
-  embedding, final norm and LM head, :func:`edge_modules`; one unit, so a head tied to the input embedding
-  shares its shard) and the causal LM as the root. The strided sampler and scorer call the body and the
-  head directly (``backbone(model)(...)``, ``lm_head(model)(h)``), not ``model.forward``: FSDP2 hooks the
-  forward of every module of a unit, so those calls all-gather the parameters they use too (tested: one
-  and two processes train to the same parameters). Each process
+  :func:`shard_model`: one FSDP unit per decoder layer, units for the modules around them
+  (:func:`edge_units`: input embedding, final norm, LM head; one unit of the three when the head is tied to
+  the input embedding, so both share one shard) and the causal LM as the root. The strided sampler and
+  scorer call the body and the head directly (``backbone(model)(...)``, ``lm_head(model)(h)``), not
+  ``model.forward``: FSDP2 hooks the forward of every module of a unit, so those calls all-gather the
+  parameters they use too (tested: one and two processes train to the same parameters). Each process
   stores ``1/world`` of every parameter (fp32 master weights, a ``DTensor`` shard), of its gradient (fp32,
   reduce-scattered by FSDP, so the trainer's own all-reduce is skipped) and of the AdamW state (fp32).
   With ``mixed_precision: bf16`` the all-gathered compute copies are bf16 and gradients are reduced in
@@ -118,10 +118,9 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def shard_model(model: PreTrainedModel, settings: DistributedSettings, mixed_precision: str,
                 device_type: str) -> None:
     """Shard ``model`` in place over every process of the default process group (see the module docstring):
-    ``fully_shard`` on each decoder layer, on the :func:`edge_modules` as one unit, then on the causal LM
-    (the root). Parameters stay
-    fp32 (the shards are the master weights); ``mixed_precision == "bf16"`` makes the compute copies bf16
-    with fp32 gradient reduction. ``activation_checkpointing`` is switched on before sharding."""
+    ``fully_shard`` on each decoder layer, on each of the :func:`edge_units`, then on the causal LM (the
+    root). Parameters stay fp32 (the shards are the master weights); ``mixed_precision == "bf16"`` makes the
+    compute copies bf16 with fp32 gradient reduction. ``activation_checkpointing`` is switched on before sharding."""
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
@@ -138,7 +137,8 @@ def shard_model(model: PreTrainedModel, settings: DistributedSettings, mixed_pre
     kwargs: dict[str, Any] = {"mesh": mesh, "mp_policy": mp, "offload_policy": offload}
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
-    fully_shard(edge_modules(model), **kwargs)  # one unit: a tied head weight is the embedding's shard
+    for unit in edge_units(model):
+        fully_shard(unit, **kwargs)
     fully_shard(model, **kwargs)  # the root (no parameters of its own left)
     # FSDP makes the first module to run forward the root: run one through the causal LM, so that the direct
     # calls of the body and the head (strided sampler, scorer) find the root set
@@ -148,12 +148,16 @@ def shard_model(model: PreTrainedModel, settings: DistributedSettings, mixed_pre
     setattr(model, FSDP_MANAGED_ATTR, True)
 
 
-def edge_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The modules around the decoder layers that hold parameters: the body's children other than
-    ``layers`` (input embedding, final norm) and the LM head; sharded as one FSDP unit."""
+def edge_units(model: torch.nn.Module) -> list[list[torch.nn.Module]]:
+    """The FSDP units of the modules around the decoder layers that hold parameters (the body's children
+    other than ``layers``: input embedding, final norm; and the LM head): one unit each, or one unit of all
+    when the head shares a parameter with them (tied embeddings: a parameter belongs to one unit)."""
     body, head = _body_and_head(model)
     edge = [m for name, m in body.named_children() if name != "layers" and any(True for _ in m.parameters())]
-    return edge if any(m is head for m in edge) else [*edge, head]
+    edge_params = {id(p) for m in edge for p in m.parameters()}
+    if any(id(p) in edge_params for p in head.parameters()):
+        return [[*edge, head]]
+    return [[m] for m in [*edge, head]]
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

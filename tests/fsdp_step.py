@@ -6,6 +6,7 @@ per case (each ends with ``model/``, a plain HF model, and ``train_log.jsonl``):
 * ``sft``: one SFT step of a tiny Qwen2 with tied embeddings (its LM head is the body's embedding);
 * ``ebft``: one EBFT step of a tiny Llama with an untied LM head (strided sampler and scorer call the body
   and the head directly);
+* ``rlvr``: one RLVR step of the tiny default's Qwen2 (HF ``generate`` rollouts, synced across processes);
 * ``fp32`` only: ``ebft3``: three EBFT steps, a checkpoint at step 2; ``ebft3_resumed``: the same run stopped
   after step 1 (its resume state written; the state's file names go to ``stopped_state.json``) and continued
   by a fresh trainer from that state.
@@ -18,6 +19,7 @@ Variants (:data:`VARIANTS`): ``fp32``, ``bf16`` (``mixed_precision: bf16``), ``o
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,9 +30,12 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 from ebft.config import TrainConfig
 from ebft.data.packing import Packed
 from ebft.methods.ebft import EBFTObjective
+from ebft.methods.rlvr import RLVRObjective
 from ebft.methods.sft import SFTObjective
+from ebft.train import RecordDataset, collate_records
 from ebft.trainer import Trainer
 from tests.ddp_ebft_step import tiny_llama
+from tests.helpers import tiny_model, tiny_tokenizer
 
 #: second argument -> (mixed_precision, distributed)
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
@@ -68,12 +73,27 @@ def ebft_objective() -> EBFTObjective:
                          embed_method="last_token", seed=5)
 
 
+def letter_reward(records: list[dict], texts: list[str]) -> torch.Tensor:
+    """RLVR's reward in these runs: the share of the letter ``e`` in a completion."""
+    return torch.tensor([t.count("e") / max(len(t), 1) for t in texts])
+
+
+def rlvr_run(root: Path, variant: str) -> None:
+    tok = tiny_tokenizer(root / f"tok{os.environ.get('RANK', '0')}")  # deterministic: the same on every rank
+    records = [{"question": q} for q in ["def", "import", "Translate", "print"]]
+    objective = RLVRObjective({"num_samples": 3, "temperature": 1.0, "max_new_tokens": 6}, tokenizer=tok,
+                              kind="qa", reward_fn=letter_reward, seed=0)
+    Trainer(config(1, variant), root / "rlvr", show_progress=False).fit(
+        tiny_model(tok), tok, RecordDataset(records), objective, collate_fn=collate_records)
+
+
 def run_variant(root: Path, variant: str) -> None:
     """The cases of one variant under ``root`` (see the module docstring)."""
     AcceleratorState._reset_state()  # the accelerator's mixed precision is per process, set again per variant
     Trainer(config(1, variant), root / "sft", show_progress=False).fit(tiny_qwen2(0), None, data(), SFTObjective())
     Trainer(config(1, variant), root / "ebft", show_progress=False).fit(tiny_llama(0), None, data(),
                                                                       ebft_objective())
+    rlvr_run(root, variant)
     if variant != "fp32":
         return
     cfg = config(3, variant, checkpoint_steps=[2], resume_every=1)

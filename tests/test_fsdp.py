@@ -1,9 +1,9 @@
 """Sharded training (FSDP2, :mod:`ebft.distributed`): the ``distributed`` key, and two-process CPU runs
 (``torchrun --nproc_per_node 2``, gloo) of tests/fsdp_step.py against one process: same losses, gradient
-norms and parameters for SFT (tied embeddings) and EBFT (untied head, strided sampler and scorer calling
-the sharded body and head directly), in fp32, bf16, with CPU offload and with activation checkpointing; a
-run stopped after step 1 resumes from its sharded state to the parameters of an uninterrupted run; every
-model written is a plain HF model.
+norms and parameters for SFT (tied embeddings), EBFT (untied head, strided sampler and scorer calling the
+sharded body and head directly) and RLVR (``generate`` rollouts), in fp32, bf16, with CPU offload and with
+activation checkpointing; a run stopped after step 1 resumes from its sharded state to the parameters of an
+uninterrupted run; every model written is a plain HF model.
 
 ``accelerate launch --cpu --num_processes 2`` starts one process (accelerate's simple launcher), so the
 two-process runs use torchrun with ``ACCELERATE_USE_CPU=true`` (the accelerator then runs MULTI_CPU)."""
@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "tests" / "fsdp_step.py")
 #: metrics a step's log record must repeat between one and two processes (fp32)
 METRICS = {"sft": ("train/loss", "train/grad_norm"),
-           "ebft": ("train/loss", "train/rl_loss", "train/ce", "ebft/reward", "ebft/cfm", "train/grad_norm")}
+           "ebft": ("train/loss", "train/rl_loss", "train/ce", "ebft/reward", "ebft/cfm", "train/grad_norm"),
+           "rlvr": ("train/loss", "rlvr/reward_mean", "rlvr/completion_tokens", "train/grad_norm")}
 
 
 # ------------------------------------------------------------------------------------------- the config
@@ -87,9 +88,9 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.parametrize("variant", ["fp32", "offload", "checkpointing"])
-@pytest.mark.parametrize("case", ["sft", "ebft"])
+@pytest.mark.parametrize("case", ["sft", "ebft", "rlvr"])
 def test_two_sharded_processes_match_one_process(runs, case, variant):
-    """One SFT / EBFT step: same logged metrics (gradient norm included, which Adam's first step would not
+    """One SFT / EBFT / RLVR step: same logged metrics (gradient norm included, which Adam's first step would not
     show in the parameters) and same parameters as one process accumulating both micro-batches."""
     one, two = runs
     a, b = read_log(one / "fp32" / case / "train_log.jsonl")[0], read_log(two / variant / case / "train_log.jsonl")[0]
