@@ -16,6 +16,7 @@ import importlib.util
 import itertools
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ TRAIN_TASK_KEYS: tuple[str, ...] = ("kind", "seq_len", "geometry", "embed_method
 
 class ConfigError(ValueError):
     """A configuration value is inconsistent; the message names the offending key."""
+
+
+def reject_unknown_keys(raw: Mapping[str, Any], known: set[str], where: str) -> None:
+    """Raise :class:`ConfigError` naming ``where`` and the keys of ``raw`` that are not in ``known``."""
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
 
 
 @dataclass(frozen=True)

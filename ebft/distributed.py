@@ -71,11 +71,9 @@ class DistributedSettings:
     def from_dict(cls, raw: Mapping[str, Any]) -> DistributedSettings:
         """Build from the ``distributed`` mapping of a resolved variant and validate it
         (:class:`ebft.config.ConfigError` naming the key)."""
-        from ebft.config import ConfigError
+        from ebft.config import reject_unknown_keys
 
-        unknown = set(raw) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"distributed: unknown keys {sorted(unknown)}")
+        reject_unknown_keys(raw, {f.name for f in fields(cls)}, "distributed")
         settings = cls(**dict(raw))
         settings.check()
         return settings

@@ -1,4 +1,4 @@
-"""The one training loop shared by SFT, RLVR and EBFT (accelerate: CPU, one GPU, DDP on many).
+"""The one training loop shared by SFT, RLVR and EBFT (accelerate: CPU, one GPU, DDP or FSDP on many).
 
 An optimizer step consumes ``batch_size`` sequences: ``accum = batch_size / (micro_batch_size * world)``
 micro-batches per process, each passed to ``objective.compute_loss`` (which may generate rollouts inside),
@@ -21,7 +21,8 @@ Files of one run (``out_dir`` is ``results/runs/{task}/{method}/{variant}/seed{s
         latest.json                step, epoch, data position and fingerprint (with its parts) of the
                                    newest state
         state-step{N}/             accelerate state (model, optimizer, scheduler, RNG) + objective state
-                                   (``objective_state_rank{r}.pt``, one per process)
+                                   (``objective_state_rank{r}.pt``, one per process); under FSDP the
+                                   model and optimizer shards are in ``fsdp/`` (DCP), not in accelerate's
         checkpoints/step{N}/       checkpoints staged here until training finishes
         train_log.jsonl            the live log, truncated to the resumed step on restart
 
@@ -42,6 +43,12 @@ changed.
 LoRA: a ``peft`` model trains its adapters only (the optimizer gets the parameters that require gradients);
 every model written is the merged one (:func:`ebft.modeling.save_pretrained_atomic`), and the resume state
 holds the wrapped model's whole state dict, adapters included.
+
+FSDP (``distributed: {strategy: fsdp}``, :mod:`ebft.distributed`), with more than one process: the policy is
+sharded before the optimizer is built (the optimizer holds the fp32 shards); no DDP wrapper and no
+:func:`average_gradients` (FSDP reduce-scatters the gradients); the gradient norm is clipped over the
+DTensor gradients; the resume state writes the shards with ``torch.distributed.checkpoint``; checkpoints and
+``model/`` are gathered full state dicts written as plain HF models by the main process.
 
 Tracking (:class:`~ebft.config.TrackingConfig`): the accelerator is built with ``log_with`` = the backend and
 ``project_dir`` = ``out_dir/tracking``; ``init_trackers`` gets the flat run config (:func:`flat_config`), the
