@@ -36,6 +36,7 @@ This module imports torch only inside its functions: :class:`DistributedSettings
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -43,7 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+    from accelerate.utils import InitProcessGroupKwargs
     from transformers import PreTrainedModel
+
+    from ebft.config import TrainConfig
 
 #: ``distributed.strategy`` values.
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
@@ -92,6 +96,20 @@ class DistributedSettings:
         for key in ("cpu_offload", "activation_checkpointing"):
             if getattr(self, key) and not self.sharded:
                 raise ConfigError(f"distributed.{key} needs distributed.strategy: fsdp")
+
+
+def process_group_kwargs(cfg: TrainConfig) -> list[InitProcessGroupKwargs]:
+    """The accelerator's process-group settings for a run of ``cfg``: a sharded run of several processes on
+    GPUs gets a CPU backend next to NCCL (``cuda:nccl,cpu:gloo``, what accelerate itself picks for FSDP with
+    offloaded parameters or full state dicts), because the CPU-offloaded shards' collectives (gradient norm,
+    gathered state dicts) run on CPU tensors; otherwise accelerate's default (none here)."""
+    import torch
+
+    if not cfg.sharded or not torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return []
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return [InitProcessGroupKwargs(backend="cuda:nccl,cpu:gloo")]
 
 
 def _body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -86,6 +86,7 @@ from ebft.distributed import (
     is_sharded,
     load_sharded,
     plain_model,
+    process_group_kwargs,
     save_sharded,
     shard_model,
 )
@@ -253,8 +254,9 @@ class Trainer:
             if accelerator is not None:
                 raise ValueError("Trainer: tracking needs the accelerator the trainer builds; pass no accelerator")
             accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=self.tracking.backend,
-                                      project_dir=str(self.tracking_dir))
-        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+                                      project_dir=str(self.tracking_dir), kwargs_handlers=process_group_kwargs(cfg))
+        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision,
+                                                      kwargs_handlers=process_group_kwargs(cfg))
         world = self.accelerator.num_processes
         if cfg.batch_size % (cfg.micro_batch_size * world):
             raise ValueError(

@@ -143,3 +143,20 @@ def test_sharded_runs_write_plain_hf_models(runs):
     assert tied.lm_head.weight.data_ptr() == tied.model.embed_tokens.weight.data_ptr()
     step2 = load_file(two / "fp32" / "ebft3" / "checkpoints" / "step2" / "model.safetensors")
     assert _max_diff(step2, _weights(two / "fp32" / "ebft3")) > 0  # step 2, not the final step 3
+
+
+def test_sharded_gpu_runs_get_a_cpu_backend_next_to_nccl(monkeypatch):
+    """CPU-offloaded shards and gathered state dicts need CPU collectives: ``cuda:nccl,cpu:gloo`` (as accelerate
+    picks for its own FSDP with offload); a replicated, single-process or CPU run keeps accelerate's default."""
+    from ebft.distributed import process_group_kwargs
+
+    sharded, replicated = TrainConfig.from_dict({"distributed": {"strategy": "fsdp"}}), TrainConfig.from_dict({})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [k.backend for k in process_group_kwargs(sharded)] == ["cuda:nccl,cpu:gloo"]
+    assert process_group_kwargs(replicated) == []
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert process_group_kwargs(sharded) == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_group_kwargs(sharded) == []
