@@ -1,5 +1,6 @@
-"""One EBFT optimizer step on fixed data; run single-process or under `accelerate launch` (see
-tests/test_ebft_objective.py). Writes the logged metrics and a parameter fingerprint to argv[1]."""
+"""One EBFT optimizer step on fixed data; run single-process or under `torchrun --nproc_per_node 2` (see
+tests/test_ebft_objective.py). Writes the logged metrics, a parameter fingerprint and the number of
+processes to argv[1]."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def main(out: str) -> None:
         unwrapped = trainer.accelerator.unwrap_model(model)
         fingerprint = [float(p.double().sum()) for p in unwrapped.parameters()]
         record = read_log(run / "train_log.jsonl")[0]
-        Path(out).write_text(json.dumps({"log": record, "params": fingerprint}))
+        world = trainer.accelerator.num_processes
+        Path(out).write_text(json.dumps({"log": record, "params": fingerprint, "world_size": world}))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,21 +79,21 @@ def test_kl_term_is_zero_against_an_identical_reference():
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    """`accelerate launch --num_processes 2 --cpu`: same loss and same parameters after one EBFT step as
-    one process accumulating the same two micro-batches (rollouts are seeded per global micro-batch)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    """Two processes (torchrun; accelerate on CPU): same loss and same parameters after one EBFT step as one
+    process accumulating the same two micro-batches (rollouts are seeded per global micro-batch).
+    (`accelerate launch --cpu --num_processes 2` starts a single process on CPU, so it cannot test this.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true"}
     script = str(ROOT / "tests" / "ddp_ebft_step.py")
     single = subprocess.run([sys.executable, script, str(tmp_path / "one.json")], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert single.returncode == 0, single.stderr[-3000:]
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    multi = subprocess.run([accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
-                            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                             script, str(tmp_path / "two.json")],
                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert multi.returncode == 0, multi.stderr[-3000:]
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())
+    assert (one["world_size"], two["world_size"]) == (1, 2)
     for key in ("train/loss", "train/rl_loss", "train/ce", "ebft/reward", "ebft/cfm"):
         assert two["log"][key] == pytest.approx(one["log"][key], rel=1e-5, abs=1e-6), key
     assert two["params"] == pytest.approx(one["params"], rel=1e-5, abs=1e-6)
