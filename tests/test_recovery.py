@@ -38,8 +38,11 @@ def finished(smoke_run, tmp_path) -> Path:
 def interrupt_when(workdir: Path, args: list[str], condition, what: str, sig: int) -> None:
     """Start Snakemake with ``args``, send ``sig`` to its process group once ``condition()`` holds."""
     log = (workdir / "interrupted.log").open("w")
+    # a shell's background jobs inherit SIGINT as ignored, and Python then installs no KeyboardInterrupt
+    # handler: give Snakemake the default disposition, as in an interactive terminal
     proc = subprocess.Popen(snakemake_cmd(workdir, *args), cwd=workdir, env=ENV, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until(condition, what=what, poll_s=0.02, alive=lambda: proc.poll() is None)
     finally:
