@@ -80,6 +80,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from ebft.config import TrackingConfig, TrainConfig
+from ebft.data.manifest import sha256_file
 from ebft.distributed import (
     SHARDED_STATE_DIR,
     full_state_dict,
@@ -175,20 +176,11 @@ def fingerprint_parts(cfg: TrainConfig, extra: dict[str, Any]) -> dict[str, str]
             **{part: _digest(extra.get(part)) for part in FINGERPRINT_PARTS if part != "config"}}
 
 
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
-    """The hex SHA-256 digest of a file, read in chunks (weight files can be larger than memory wants)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            h.update(block)
-    return h.hexdigest()
-
-
 def files_identity(files: list[Path]) -> str:
     """SHA-256 over the names and contents of ``files``, in the given order."""
     h = hashlib.sha256()
     for path in files:
-        h.update(f"{path.name}:{file_sha256(path)}\n".encode())
+        h.update(f"{path.name}:{sha256_file(path)}\n".encode())
     return h.hexdigest()
 
 
@@ -197,7 +189,7 @@ def data_identity(splits: list[str | Path]) -> str:
     order when there are several, as in pretraining). The file is hashed, not its manifest entry, so a split
     replaced by hand counts as changed."""
     paths = [Path(p) for p in splits]
-    return file_sha256(paths[0]) if len(paths) == 1 else files_identity(paths)
+    return sha256_file(paths[0]) if len(paths) == 1 else files_identity(paths)
 
 
 def model_identity(init: str | Path, revision: str | None = None) -> str:

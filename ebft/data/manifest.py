@@ -25,9 +25,13 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """The hex SHA-256 digest of a file."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 24) -> str:
+    """The hex SHA-256 digest of a file, read in chunks (weight files can be larger than memory wants)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
