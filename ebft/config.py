@@ -23,14 +23,15 @@ from typing import Any
 
 from ebft import paths
 from ebft.distributed import DistributedSettings
-from ebft.evaluation import EVALUATIONS
+from ebft.evaluation import EVALUATIONS, FAMILIES
 from ebft.lora import LoraSettings
 from ebft.methods import METHODS, REGISTRY
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
-__all__ = ["METHODS", "ConfigError", "TrainConfig", "TrackingConfig", "Run", "EvalJob", "run_grid", "eval_plan",
-           "task_variants", "TRAIN_TASK_KEYS", "train_task_spec", "tracking_spec", "data_hash"]
+__all__ = ["METHODS", "ConfigError", "TrainConfig", "TrackingConfig", "Run", "EvalJob", "EvalRule", "run_grid",
+           "eval_plan", "eval_rules", "task_variants", "TRAIN_TASK_KEYS", "train_task_spec", "tracking_spec",
+           "data_hash"]
 
 #: The keys of ``tasks.<task>`` a training or evaluation job reads (:attr:`ebft.methods.TrainJob.task_spec`,
 #: ``ebft evaluate --task-spec``): the record kind (packing, RLVR's verifier), the chunk length, EBFT's
@@ -340,14 +341,54 @@ def task_evaluations(config: dict[str, Any], task: str) -> list[str]:
     return [g for g in groups if g != "cfm_by_length" or by_length]
 
 
+def on_checkpoints(config: dict[str, Any], group: str) -> bool:
+    """Whether ``group`` is evaluated on declared checkpoints (``evaluation.<group>.checkpoints``, else the
+    registry's default)."""
+    settings = config.get("evaluation", {}).get(group, {}) or {}
+    return bool(settings.get("checkpoints", EVALUATIONS[group].checkpoints))
+
+
+@dataclass(frozen=True)
+class EvalRule:
+    r"""One generated evaluation rule: the groups of ``family`` that one job computes for one model.
+
+    ``ckpt`` is the rule's ``ckpt`` wildcard pattern: ``final`` (final and base models), ``step\d+``
+    (declared checkpoints) or both, when a model gets the same groups either way.
+    """
+
+    name: str
+    family: str
+    groups: tuple[str, ...]
+    ckpt: str
+
+
+def eval_rules(config: dict[str, Any]) -> list[EvalRule]:
+    """The evaluation rules of ``config``: per family (:data:`ebft.evaluation.FAMILIES`), one rule
+    ``eval_<family>`` for the groups any task gets, or, when checkpoints get fewer of them, ``eval_<family>``
+    for final models and ``eval_<family>_ckpt`` for checkpoints."""
+    asked = {g for task in config["tasks"] for g in task_evaluations(config, task)}
+    rules = []
+    for family, members in FAMILIES.items():
+        final = tuple(g for g in members if g in asked)
+        ckpts = tuple(g for g in final if on_checkpoints(config, g))
+        if not final:
+            continue
+        if ckpts == final:
+            rules.append(EvalRule(f"eval_{family}", family, final, r"final|step\d+"))
+            continue
+        rules.append(EvalRule(f"eval_{family}", family, final, "final"))
+        if ckpts:
+            rules.append(EvalRule(f"eval_{family}_ckpt", family, ckpts, r"step\d+"))
+    return rules
+
+
 def eval_plan(config: dict[str, Any], runs: list[Run]) -> list[EvalJob]:
     """Every evaluation the config asks for: each task's groups on its base model(s) and on every run's
     final model, plus declared checkpoints for groups evaluated over training."""
     jobs = []
     for task in config["tasks"]:
         for group in task_evaluations(config, task):
-            settings = config.get("evaluation", {}).get(group, {}) or {}
-            with_ckpts = settings.get("checkpoints", EVALUATIONS[group].checkpoints)
+            with_ckpts = on_checkpoints(config, group)
             for key in base_models(config, task, runs):
                 jobs.append(EvalJob(group, task, "base", key, 0, "final"))
             for run in runs:

@@ -100,7 +100,7 @@ def slurm_cluster():
 
 
 #: CPU-only overrides of profiles/slurm for the local cluster (2 CPUs, partition "debug", no accounting).
-GPU_RULES = ("pretrain_base", "train_sft", "train_rlvr", "train_ebft", "eval_ce")
+GPU_RULES = ("pretrain_base", "train_sft", "train_rlvr", "train_ebft", "eval_validation")
 CPU_OVERRIDES = [
     "--default-resources", "slurm_partition=debug", "runtime=20", "mem_mb=1500", "gpu=0", "cpus_per_task=1",
     "--set-resources", *[f"{r}:{k}={v}" for r in GPU_RULES for k, v in

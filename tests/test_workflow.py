@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ebft.config import base_models, eval_plan, run_grid
+from ebft.config import base_models, eval_plan, eval_rules, run_grid
 from ebft.methods import METHODS
 from tests.helpers import HANG_GUARD_S, run_guarded, wait_until
 
@@ -58,7 +58,10 @@ def expected_counts(cfg: dict) -> Counter:
     datasets = {s["path"] for t in cfg["tasks"].values() if t["data"]["source"] == "hub"
                 for s in t["data"]["splits"].values()}
     counts = Counter({"prepare_data": len(tasks), "aggregate": 1, "all": 1})
-    counts.update(f"eval_{job.group}" for job in eval_plan(cfg, runs))
+    rules = eval_rules(cfg)  # one job per model and family: count (rule, model) pairs
+    counts.update(rule for rule, *_ in {
+        (next(r.name for r in rules if job.group in r.groups and re.fullmatch(r.ckpt, job.ckpt)),
+         job.task, job.method, job.variant, job.seed, job.ckpt) for job in eval_plan(cfg, runs)})
     for method in trained_methods():
         counts[f"train_{method}"] = sum(r.method == method for r in runs)
     if pretrained:

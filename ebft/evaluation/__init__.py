@@ -25,6 +25,10 @@ class Evaluation:
     ``checkpoints``: evaluated on declared checkpoints unless ``evaluation.<group>.checkpoints`` says no.
     ``kinds``: the task kinds (``tasks.<task>.kind``) it can evaluate; ``None``: every kind. A task that
     lists it with another kind is a config error when the DAG is built (:mod:`ebft.checks`).
+    ``family``: the groups of one family are computed by one job per model, which loads the model (and the
+    feature network) once and writes each group's result file (default: the group is its own family). A
+    family's groups are all universal, or it has one group, so which groups a model gets depends only on
+    the config and on whether the model is a final model or a checkpoint.
     """
 
     group: str
@@ -39,6 +43,11 @@ class Evaluation:
     universal: bool = False
     checkpoints: bool = False
     kinds: tuple[str, ...] | None = None
+    family: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", self.group)
 
     def settings(self, evaluation_config: dict) -> dict:
         """The group's resolved settings from the config's ``evaluation`` section."""
@@ -52,11 +61,13 @@ EVALUATIONS: dict[str, Evaluation] = {
     e.group: e
     for e in (
         Evaluation("ce", "ce", "validation cross-entropy (all tokens and answer tokens)",
-                   "valid", ("ce",), task_spec=True, universal=True, checkpoints=True),
+                   "valid", ("ce",), task_spec=True, universal=True, checkpoints=True, family="validation"),
         Evaluation("cfm", "cfm", "validation CFM loss (unbiased estimator, strided sampler, frozen features)",
-                   "valid", ("cfm",), task_spec=True, feature_network=True, universal=True, checkpoints=True),
+                   "valid", ("cfm",), task_spec=True, feature_network=True, universal=True, checkpoints=True,
+                   family="validation"),
         Evaluation("cfm_by_length", "cfm-by-length", "validation CFM for each completion length in gen_lens",
-                   "valid", ("cfm", "cfm_by_length"), task_spec=True, feature_network=True, universal=True),
+                   "valid", ("cfm", "cfm_by_length"), task_spec=True, feature_network=True, universal=True,
+                   family="validation"),
         Evaluation("unit_tests", "unit-tests", "code_qa test split: greedy pass@1 and sampled pass@k (sandbox)",
                    "test", ("unit_tests",), all_cores=True, checkpoints=True, kinds=("code_qa",)),
         Evaluation("humaneval", "humaneval", "HumanEval pass@k in the sandbox (a model, or a samples file)",
@@ -68,3 +79,17 @@ EVALUATIONS: dict[str, Evaluation] = {
 
 #: Groups every task gets, in order.
 UNIVERSAL_EVALUATIONS: tuple[str, ...] = tuple(g for g, e in EVALUATIONS.items() if e.universal)
+
+
+def _families() -> dict[str, tuple[str, ...]]:
+    families: dict[str, tuple[str, ...]] = {}
+    for group, evaluation in EVALUATIONS.items():
+        families[evaluation.family] = (*families.get(evaluation.family, ()), group)
+    for family, groups in families.items():
+        if len(groups) > 1 and not all(EVALUATIONS[g].universal for g in groups):
+            raise AssertionError(f"evaluation family {family!r}: a family of several groups must be universal")
+    return families
+
+
+#: family -> its groups, in registry order (one evaluation job per model and family)
+FAMILIES: dict[str, tuple[str, ...]] = _families()

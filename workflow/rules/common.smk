@@ -9,7 +9,7 @@ from snakemake.utils import validate
 
 from ebft import paths
 from ebft.checks import check_config
-from ebft.config import base_models, data_hash, eval_plan, run_grid, task_variants, train_task_spec
+from ebft.config import base_models, data_hash, eval_plan, eval_rules, run_grid, task_variants, train_task_spec
 from ebft.evaluation import EVALUATIONS
 from ebft.methods import METHODS, REGISTRY
 from ebft.paths import fill, slug

@@ -1,6 +1,8 @@
-# Evaluations of the base model, every final model and every declared checkpoint: one rule per group of
-# ebft.evaluation.EVALUATIONS (eval_ce, eval_cfm, ...), generated like the training rules. Results:
-# ebft.paths.EVAL_RESULT (results/eval/{task}/{method}/{variant}/seed{seed}/{ckpt}/{group}.json).
+# Evaluations of the base model, every final model and every declared checkpoint: one job per model and
+# evaluation family (ebft.evaluation.FAMILIES; ebft.config.eval_rules): eval_validation computes CE, CFM and
+# CFM by length with one model load (eval_validation_ckpt: the groups evaluated on checkpoints),
+# eval_unit_tests, eval_humaneval and eval_translation one group each. Every job writes one result per
+# group: ebft.paths.EVAL_RESULT (results/eval/{task}/{method}/{variant}/seed{seed}/{ckpt}/{group}.json).
 
 import shlex
 
@@ -26,34 +28,34 @@ def eval_meta(wildcards):
                     "seed": int(wildcards.seed), "step": step})
 
 
-def eval_inputs(evaluation):
-    """Input function of one group: the model, the data split it reads, the frozen feature network (the
+def eval_inputs(groups):
+    """Input function of a rule: the model, the data splits its groups read, the frozen feature network (the
     evaluated model's base model; for scale-grid variants, the model that variant trains), COMET."""
+    evaluations = [EVALUATIONS[g] for g in groups]
 
     def _inputs(wildcards):
         inputs = {"model": eval_model(wildcards)}
-        if evaluation.split:
-            inputs["data"] = fill(paths.DATA_SPLIT, task=wildcards.task, split=evaluation.split)
-        if evaluation.feature_network:
+        for split in dict.fromkeys(e.split for e in evaluations if e.split):
+            inputs[f"data_{split}"] = fill(paths.DATA_SPLIT, task=wildcards.task, split=split)
+        if any(e.feature_network for e in evaluations):
             inputs["features"] = (model_dir(wildcards.variant) if wildcards.evalmethod == "base"
                                   else feature_model_dir(wildcards.task, wildcards.variant, wildcards.evalmethod))
-        if evaluation.comet and comet_model_dir() is not None:
+        if any(e.comet for e in evaluations) and comet_model_dir() is not None:
             inputs["comet"] = comet_model_dir()
         return inputs
 
     return _inputs
 
 
-def eval_flags(evaluation):
-    """The group's input options of `ebft evaluate` (see ebft.cli)."""
+def eval_flags(groups):
+    """The input options of `ebft evaluate model` for a rule's groups (see ebft.cli)."""
+    evaluations = [EVALUATIONS[g] for g in groups]
 
     def _flags(wildcards, input):
-        flags = []
-        if evaluation.split:
-            flags.append(f"--data {input.data}")
-        if evaluation.task_spec:
+        flags = [f"--data {key[5:]}={value}" for key, value in input.items() if key.startswith("data_")]
+        if any(e.task_spec for e in evaluations):
             flags.append("--task-spec " + shlex.quote(as_json(train_task_spec(config, wildcards.task))))
-        if evaluation.feature_network:
+        if "features" in input.keys():
             flags.append(f"--feature-model {input.features}")
         if "comet" in input.keys():
             flags.append(f"--comet-model {input.comet}")
@@ -62,31 +64,33 @@ def eval_flags(evaluation):
     return _flags
 
 
-for _group, _evaluation in EVALUATIONS.items():
+for _rule in eval_rules(config):
 
     rule:
         name:
-            f"eval_{_group}"
+            _rule.name
         input:
-            unpack(eval_inputs(_evaluation)),
+            unpack(eval_inputs(_rule.groups)),
         output:
-            fill(paths.EVAL_RESULT, method="{evalmethod}", group=_group),
+            **{g: fill(paths.EVAL_RESULT, method="{evalmethod}", group=g) for g in _rule.groups},
+        wildcard_constraints:
+            ckpt=_rule.ckpt,
         params:
-            command=_evaluation.command,
             model=eval_model_path,
-            flags=eval_flags(_evaluation),
-            spec=as_json(_evaluation.settings(config["evaluation"])),
+            flags=eval_flags(_rule.groups),
+            outs=lambda wildcards, output: " ".join(f"--out {g}={path}" for g, path in output.items()),
+            spec=as_json({g: EVALUATIONS[g].settings(config["evaluation"]) for g in _rule.groups}),
             meta=eval_meta,
         log:
-            job_files(f"eval_{_group}", EVAL_WILDCARDS)["log"],
+            job_files(_rule.name, EVAL_WILDCARDS)["log"],
         benchmark:
-            job_files(f"eval_{_group}", EVAL_WILDCARDS)["benchmark"]
-        threads: workflow.cores if _evaluation.all_cores else 1
+            job_files(_rule.name, EVAL_WILDCARDS)["benchmark"]
+        threads: workflow.cores if any(EVALUATIONS[g].all_cores for g in _rule.groups) else 1
         conda:
             ENV
         shell:
-            "ebft --threads {threads} evaluate {params.command} --model {params.model} {params.flags} "
-            "--spec {params.spec:q} --meta {params.meta:q} --out {output} > {log} 2>&1"
+            "ebft --threads {threads} evaluate model --model {params.model} {params.flags} {params.outs} "
+            "--spec {params.spec:q} --meta {params.meta:q} > {log} 2>&1"
 
 
 rule build_comet_tiny:

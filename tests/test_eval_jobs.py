@@ -1,0 +1,137 @@
+"""One evaluation job per model and family: the same results as one job per group, one model load.
+
+``ebft evaluate model`` (:func:`ebft.evaluation.jobs.run_groups`) is what the workflow's ``eval_<family>``
+rules run; ``ebft evaluate <group>`` (:data:`ebft.evaluation.jobs.RUNNERS`) is the single-group path kept for
+rerunning one metric by hand. Both must write the same metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ebft.modeling
+from ebft.config import eval_plan, eval_rules, run_grid
+from ebft.data.jsonl import write_jsonl
+from ebft.data.prepare import prepare_task
+from ebft.data.records import RecordError
+from ebft.evaluation import EVALUATIONS, FAMILIES
+from ebft.evaluation.jobs import RUNNERS, EvalJob, run_groups
+from ebft.evaluation.results import read_result
+from tests.helpers import HANG_GUARD_S, tiny_model, tiny_tokenizer
+from tests.test_config import load
+
+META = {"task": "t", "method": "base", "variant": "tiny", "seed": 0, "step": None}
+TASK_SPEC = {"kind": "code_qa", "seq_len": 32, "geometry": {"context_len": 4, "stride": 4, "gen_len": 4},
+             "embed_method": "last_token"}
+SPECS = {"ce": {"max_chunks": 4, "batch_size": 2},
+         "cfm": {"max_chunks": 2, "batch_size": 2, "num_samples": 2, "seed": 3},
+         "cfm_by_length": {"max_chunks": 1, "batch_size": 1, "num_samples": 2, "gen_lens": [4, 8]}}
+VALIDATION = FAMILIES["validation"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny model saved to disk and a prepared code_qa task."""
+    root = tmp_path_factory.mktemp("evaljobs")
+    tok = tiny_tokenizer(root)
+    tiny_model(tok).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    prepare_task("t", {"source": "synthetic_code_qa", "sizes": {"train": 4, "valid": 6, "test": 2}}, root / "data")
+    return root / "model", root / "data"
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every model path :func:`ebft.modeling.load_model` is called with."""
+    calls: list[str] = []
+    real = ebft.modeling.load_model
+
+    def counting(path, **kwargs):
+        calls.append(str(path))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(ebft.modeling, "load_model", counting)
+    return calls
+
+
+def test_validation_family_equals_one_job_per_group_and_loads_the_model_once(setup, tmp_path, loads):
+    model, data = setup
+    valid = str(data / "valid.jsonl")
+    outs = {g: str(tmp_path / "family" / f"{g}.json") for g in VALIDATION}
+    run_groups(str(model), META, outs, specs=SPECS, data={"valid": valid}, task_spec=TASK_SPEC,
+               feature_model=str(model))
+    # the base model is its own feature network: one load serves the policy and the features
+    assert loads == [str(model)]
+    for group in VALIDATION:
+        single = tmp_path / "single" / f"{group}.json"
+        RUNNERS[group](EvalJob(model=str(model), out=str(single), meta=META, spec=SPECS[group], data=valid,
+                               task_spec=TASK_SPEC, feature_model=str(model)), None)
+        family, alone = read_result(outs[group]), read_result(single)
+        assert family["group"] == alone["group"] == group
+        assert family["metrics"] == alone["metrics"] and family["metrics"]
+        assert family["details"] == alone["details"]
+    assert set(read_result(outs["cfm_by_length"])["metrics"]) >= {"eval/cfm_len4", "eval/cfm_len8"}
+
+
+def test_a_bad_record_fails_the_family_job_before_any_model_loads(setup, tmp_path, loads):
+    model, data = setup
+    rows = [json.loads(line) for line in (data / "valid.jsonl").read_text().splitlines()]
+    del rows[1]["answer"]
+    bad = tmp_path / "valid.jsonl"
+    write_jsonl(bad, rows)
+    outs = {g: str(tmp_path / f"{g}.json") for g in VALIDATION}
+    with pytest.raises(RecordError, match=re.escape(f"{bad}:2:") + ".*key 'answer'"):
+        run_groups(str(model), META, outs, specs=SPECS, data={"valid": str(bad)}, task_spec=TASK_SPEC,
+                   feature_model=str(model))
+    assert loads == []
+    assert not any(Path(p).exists() for p in outs.values())
+
+
+def test_a_family_job_names_a_missing_split_and_an_unknown_group(setup, tmp_path):
+    model, _ = setup
+    with pytest.raises(ValueError, match=r"evaluation ce of .*: no valid split given \(--data valid=FILE\)"):
+        run_groups(str(model), META, {"ce": str(tmp_path / "ce.json")}, task_spec=TASK_SPEC)
+    with pytest.raises(ValueError, match=r"unknown evaluation group\(s\) \['bleu'\]"):
+        run_groups(str(model), META, {"bleu": str(tmp_path / "bleu.json")})
+
+
+def test_cli_runs_a_family_job_and_rejects_a_malformed_out(setup, tmp_path):
+    model, data = setup
+    base = [sys.executable, "-m", "ebft.cli", "evaluate", "model", "--model", str(model), "--meta", json.dumps(META),
+            "--task-spec", json.dumps(TASK_SPEC), "--data", f"valid={data / 'valid.jsonl'}",
+            "--spec", json.dumps({"ce": SPECS["ce"]})]
+    bad = subprocess.run([*base, "--out", str(tmp_path / "ce.json")], capture_output=True, text=True,
+                         timeout=HANG_GUARD_S)
+    assert bad.returncode != 0 and "--out" in bad.stderr and "is not KEY=VALUE" in bad.stderr
+    done = subprocess.run([*base, "--out", f"ce={tmp_path / 'ce.json'}"], capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_result(tmp_path / "ce.json")["metrics"]["eval/ce"] > 0
+
+
+def test_families_group_the_cheap_metrics_and_the_rules_cover_the_plan_once():
+    assert FAMILIES["validation"] == ("ce", "cfm", "cfm_by_length")
+    assert all(FAMILIES[g] == (g,) for g in ("unit_tests", "humaneval", "translation"))
+    for config in ("config.yaml", "paper.yaml"):
+        cfg = load(config)
+        rules = eval_rules(cfg)
+        assert len({r.name for r in rules}) == len(rules)
+        for job in eval_plan(cfg, run_grid(cfg)):
+            owners = [r for r in rules if job.group in r.groups and re.fullmatch(r.ckpt, job.ckpt)]
+            assert len(owners) == 1, (config, job)
+    names = {r.name: r.groups for r in eval_rules(load("config.yaml"))}
+    assert names == {"eval_validation": ("ce", "cfm", "cfm_by_length"), "eval_validation_ckpt": ("ce", "cfm"),
+                     "eval_unit_tests": ("unit_tests",), "eval_humaneval": ("humaneval",),
+                     "eval_translation": ("translation",)}
+    # without CFM-by-length every validation group is evaluated on checkpoints too: one rule for both
+    cfg = load("config.yaml")
+    cfg["evaluation"]["cfm_by_length"]["gen_lens"] = []
+    assert [(r.name, r.groups, r.ckpt) for r in eval_rules(cfg)][0] == ("eval_validation", ("ce", "cfm"),
+                                                                       r"final|step\d+")
+    assert set(EVALUATIONS) == {g for groups in FAMILIES.values() for g in groups}
