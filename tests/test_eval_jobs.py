@@ -135,3 +135,52 @@ def test_families_group_the_cheap_metrics_and_the_rules_cover_the_plan_once():
     assert [(r.name, r.groups, r.ckpt) for r in eval_rules(cfg)][0] == ("eval_validation", ("ce", "cfm"),
                                                                        r"final|step\d+")
     assert set(EVALUATIONS) == {g for groups in FAMILIES.values() for g in groups}
+
+
+class _Feats:
+    """Stand-in for :class:`ebft.features.Features`: fixed raw and whitened features ``[b, K, n, D]``."""
+
+    def __init__(self, phi, psi, w_phi, w_psi):
+        self.raw, self.white = (phi, psi), (w_phi, w_psi)
+
+    def reward_inputs(self, whitened):
+        return self.white if whitened else self.raw
+
+
+def _fixed_features(monkeypatch, feats):
+    import types
+
+    import torch
+
+    import ebft.evaluation.cfm as cfm
+
+    monkeypatch.setattr(cfm, "strided_sample", lambda model, ids, layout, **kw: types.SimpleNamespace(
+        tokens=torch.zeros(ids.shape[0], kw["num_samples"], layout.num_blocks, layout.gen_len, dtype=torch.long)))
+    return lambda ids, tokens, layout, whiten: feats
+
+
+def test_whitened_reference_form_equals_cfm_for_unit_unwhitened_features_only(monkeypatch):
+    import torch
+    from torch.nn.functional import normalize
+
+    from ebft.data.packing import Packed
+    from ebft.evaluation.cfm import validation_cfm
+    from ebft.rewards import cfm_loss
+
+    g = torch.Generator().manual_seed(0)
+    b, K, n, D = 2, 3, 4, 5  # L = 8, C = s = G = 2: K = (8 - 2 - 2) / 2 + 1 = 3 blocks
+    phi = normalize(torch.randn(b, K, n, D, generator=g), dim=-1)
+    psi = normalize(torch.randn(b, K, D, generator=g), dim=-1)
+    psi_n = psi.unsqueeze(2).expand(-1, -1, n, -1)  # whitened ground truth is per sample
+    packed = Packed(input_ids=torch.zeros(b, 8, dtype=torch.long), loss_mask=torch.ones(b, 8), doc_ids=None)
+    model = torch.nn.Linear(1, 1)
+    kw = dict(context_len=2, stride=2, gen_len=2, num_samples=n, batch_size=b)
+    # unit features with "whitened" = raw: the reference's form is the CFM estimator (reward = -CFM + 1)
+    same = validation_cfm(model, _fixed_features(monkeypatch, _Feats(phi, psi, phi, psi_n)), packed, **kw)[0]
+    assert same["eval/cfm"] == pytest.approx(float(cfm_loss(phi, psi).mean()), abs=1e-6)
+    assert same["eval/cfm_whitened_ref"] == pytest.approx(same["eval/cfm"], abs=1e-5)
+    # other whitened features: the reference's form moves, the estimator on raw features does not
+    w_phi = 3.0 * normalize(torch.randn(b, K, n, D, generator=g), dim=-1)
+    other = validation_cfm(model, _fixed_features(monkeypatch, _Feats(phi, psi, w_phi, psi_n)), packed, **kw)[0]
+    assert other["eval/cfm"] == same["eval/cfm"]
+    assert abs(other["eval/cfm_whitened_ref"] - other["eval/cfm"]) > 0.1
