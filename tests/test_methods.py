@@ -85,6 +85,14 @@ def test_evaluation_registry_feeds_the_plan_the_cli_and_the_runners():
                                        for g in [*(g for g, e in EVALUATIONS.items() if e.universal),
                                                  *t.get("evaluations", [])]}
     assert all(j.path == paths.fill(paths.EVAL_RESULT, **dataclasses.asdict(j)) for j in jobs)
+    # final_max_chunks: final and base models only; CFM by length keeps its own max_chunks
+    paper = {"ce": {"max_chunks": 128, "final_max_chunks": 1000},
+             "cfm": {"max_chunks": 128, "final_max_chunks": 1000, "num_samples": 4},
+             "cfm_by_length": {"max_chunks": 32, "gen_lens": [8]}}
+    assert EVALUATIONS["ce"].settings(paper) == {"max_chunks": 1000}
+    assert EVALUATIONS["ce"].settings(paper, final=False) == {"max_chunks": 128}
+    assert EVALUATIONS["cfm"].settings(paper)["max_chunks"] == 1000
+    assert EVALUATIONS["cfm_by_length"].settings(paper) == {"max_chunks": 32, "num_samples": 4, "gen_lens": [8]}
     assert EVALUATIONS["cfm_by_length"].settings({"cfm": {"num_samples": 4, "max_chunks": 8},
                                                   "cfm_by_length": {"max_chunks": 2}}) == {"num_samples": 4,
                                                                                            "max_chunks": 2}

@@ -49,11 +49,23 @@ class Evaluation:
         if not self.family:
             object.__setattr__(self, "family", self.group)
 
-    def settings(self, evaluation_config: dict) -> dict:
-        """The group's resolved settings from the config's ``evaluation`` section."""
+    def settings(self, evaluation_config: dict, final: bool = True) -> dict:
+        """The group's resolved settings from the config's ``evaluation`` section, for a final (or base) model
+        or, with ``final=False``, a checkpoint.
+
+        Sections merge left to right. ``final_max_chunks`` (the paper's 1k-chunk final evaluation) replaces
+        ``max_chunks`` for final models; a later section that sets its own ``max_chunks`` drops an inherited
+        ``final_max_chunks`` (CFM by length keeps its own chunk count).
+        """
         out: dict = {}
         for section in self.sections:
-            out.update(evaluation_config.get(section) or {})
+            values = evaluation_config.get(section) or {}
+            if "max_chunks" in values:
+                out.pop("final_max_chunks", None)
+            out.update(values)
+        final_chunks = out.pop("final_max_chunks", None)
+        if final and final_chunks is not None:
+            out["max_chunks"] = final_chunks
         return out
 
 

@@ -47,6 +47,17 @@ def eval_inputs(groups):
     return _inputs
 
 
+def eval_spec(groups):
+    """The groups' settings as JSON (a final model's, or a checkpoint's: `final_max_chunks` applies to final
+    and base models only)."""
+
+    def _spec(wildcards):
+        return as_json({g: EVALUATIONS[g].settings(config["evaluation"], final=wildcards.ckpt == "final")
+                        for g in groups})
+
+    return _spec
+
+
 def eval_flags(groups):
     """The input options of `ebft evaluate model` for a rule's groups (see ebft.cli)."""
     evaluations = [EVALUATIONS[g] for g in groups]
@@ -79,7 +90,7 @@ for _rule in eval_rules(config):
             model=eval_model_path,
             flags=eval_flags(_rule.groups),
             outs=lambda wildcards, output: " ".join(f"--out {g}={path}" for g, path in output.items()),
-            spec=as_json({g: EVALUATIONS[g].settings(config["evaluation"]) for g in _rule.groups}),
+            spec=eval_spec(_rule.groups),
             meta=eval_meta,
         log:
             job_files(_rule.name, EVAL_WILDCARDS)["log"],
