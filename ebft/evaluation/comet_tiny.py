@@ -75,7 +75,7 @@ def build_tiny_comet(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>", show_progress=False
     )
     tok.train_from_iterator(texts, trainer)
-    tok = _canonical_unigram(tok)
+    tok = _canonical_unigram(tok, texts)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
@@ -128,12 +128,18 @@ def build_tiny_comet(
     return ckpt
 
 
-def _canonical_unigram(tok):
-    """Round Unigram piece scores and sort pieces by (score, text) so that ids are reproducible.
+def _canonical_unigram(tok, texts: list[str]):
+    """Round Unigram piece scores, give single characters their scores by frequency, and sort pieces by
+    (score, text), so that the tokenizer, its ids and the checkpoint are reproducible.
 
     The Unigram EM of ``tokenizers`` sums in a run-dependent order, so piece scores differ between runs in
-    the last bits (~1e-15); rounding to 8 decimals and a stable order give byte-identical tokenizers.
+    the last bits (~1e-15): rounded to 8 decimals. The trainer also adds every character of the alphabet as a
+    piece, with scores spaced by 1e-4 in the iteration order of a hash set, which changes from process to
+    process: the single-character pieces keep the same scores, handed out in a fixed order (most frequent
+    character in ``texts`` first, then by character).
     """
+    from collections import Counter
+
     from tokenizers import Tokenizer
 
     spec = json.loads(tok.to_str())
@@ -141,7 +147,13 @@ def _canonical_unigram(tok):
     n_special = len(SPECIAL_TOKENS)
     if [piece for piece, _ in vocab[:n_special]] != SPECIAL_TOKENS:
         raise RuntimeError(f"unexpected special tokens at the head of the Unigram vocab: {vocab[:n_special]}")
-    rest = sorted(((piece, round(score, 8)) for piece, score in vocab[n_special:]), key=lambda x: (-x[1], x[0]))
+    pieces = [(piece, round(score, 8)) for piece, score in vocab[n_special:]]
+    counts = Counter(ch for text in texts for ch in text)
+    chars = sorted((p for p, _ in pieces if len(p) == 1), key=lambda c: (-counts[c], c))
+    char_scores = sorted((score for p, score in pieces if len(p) == 1), reverse=True)
+    by_char = dict(zip(chars, char_scores, strict=True))
+    pieces = [(p, by_char.get(p, score)) for p, score in pieces]
+    rest = sorted(pieces, key=lambda x: (-x[1], x[0]))
     spec["model"]["vocab"] = [list(v) for v in vocab[:n_special]] + [list(v) for v in rest]
     return Tokenizer.from_str(json.dumps(spec))
 
