@@ -6,6 +6,7 @@ the method registry (:mod:`ebft.methods`): the typed config, the objective and w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +105,8 @@ def train(method: str, job: TrainJob, spec: Mapping[str, Any], data_dir: str | P
     if not entry.trains_on(kind):
         raise ValueError(f"{method} needs a verifiable reward; task {job.task} of kind {kind!r} has none")
     cfg = TrainConfig.from_dict(dict(spec), seed=job.seed, seq_len=job.task_spec["seq_len"])
+    if cfg.mixed_precision == "bf16":  # frozen networks only run forwards under bf16 autocast: half the memory
+        job = dataclasses.replace(job, frozen_dtype="bfloat16")
     method_cfg = entry.config(spec, f"methods.{method}")
     tracker = TrackingConfig.from_dict(dict(tracking or {}))
     tracker.require_package()  # before the data and the model: a missing package fails in seconds

@@ -103,3 +103,43 @@ def test_path_templates_fill_some_fields_and_keep_the_others():
     assert paths.fill(paths.RUN, task="t", method="m", variant="v", seed=3) == "results/runs/t/m/v/seed3"
     assert paths.fields_of(paths.RUN) == ["task", "method", "variant", "seed"]
     assert paths.slug("Qwen/Qwen2.5-1.5B") == "Qwen--Qwen2.5-1.5B"
+
+
+def test_frozen_networks_load_in_bf16_when_the_run_trains_in_bf16(tmp_path, monkeypatch):
+    import torch
+
+    import ebft.train
+    from ebft.data.prepare import prepare_task
+    from ebft.methods import TrainJob
+    from ebft.methods.ebft import build
+    from tests.helpers import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path)
+    tiny_model(tok).save_pretrained(tmp_path / "init")
+    tok.save_pretrained(tmp_path / "init")
+    spec = {"kind": "unstructured", "seq_len": 32, "geometry": {"context_len": 4, "stride": 4, "gen_len": 4}}
+    job = TrainJob(task="t", task_spec=spec, init=str(tmp_path / "init"), seed=0)
+    obj = build(EBFTConfig.from_dict({"num_samples": 2, "kl_coef": 0.1}), dataclasses.replace(job,
+                                                                                           frozen_dtype="bfloat16"))
+    assert obj.features.model.dtype == obj.reference.dtype == torch.bfloat16
+    policy = tiny_model(tok)
+    ids = torch.randint(3, 250, (2, 32))
+    loss, metrics = obj.compute_loss(policy, {"input_ids": ids, "loss_mask": torch.ones_like(ids),
+                                              "doc_ids": torch.zeros_like(ids)}, step=0, micro=0)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)
+    # ebft.train.train hands bf16 to the factory exactly when the run trains with mixed_precision bf16
+    seen = []
+
+    def spy(config, j):
+        seen.append(j.frozen_dtype)
+        raise RuntimeError("stop after the factory")
+
+    monkeypatch.setattr("ebft.methods.ebft.build", spy)
+    prepare_task("t", {"source": "stdlib_code", "sizes": {"train": 4, "valid": 1, "test": 1}, "max_chars": 300},
+                 tmp_path / "data")
+    for precision, dtype in (("bf16", "bfloat16"), ("no", "float32")):
+        with pytest.raises(RuntimeError, match="stop after the factory"):
+            ebft.train.train("ebft", job, {"max_steps": 1, "batch_size": 2, "micro_batch_size": 2,
+                                           "mixed_precision": precision}, tmp_path / "data", tmp_path / "run")
+        assert seen[-1] == dtype

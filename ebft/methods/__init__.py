@@ -31,6 +31,9 @@ class TrainJob:
     seed: int
     feature_model: str | None = None  #: EBFT's frozen feature network (default: ``init``)
     variant: str | None = None  #: the variant's name (names the run for experiment trackers)
+    #: dtype of the frozen networks (feature network, KL reference): ``bfloat16`` when the run trains with
+    #: ``mixed_precision: bf16`` (they only run forward passes under autocast), else ``float32``
+    frozen_dtype: str = "float32"
 
 
 @dataclass(frozen=True)

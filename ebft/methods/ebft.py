@@ -184,15 +184,16 @@ class EBFTObjective:
 
 def build(config: EBFTConfig, job: TrainJob) -> EBFTObjective:
     """The registry's factory: the task's strided geometry, the frozen feature network (``job.feature_model``,
-    default the initial model) and, with ``kl_coef > 0``, a frozen copy of the initial model."""
+    default the initial model) and, with ``kl_coef > 0``, a frozen copy of the initial model, both in
+    ``job.frozen_dtype``."""
     from ebft.modeling import load_model
     from ebft.strided import StridedLayout
 
     geometry = job.task_spec.get("geometry")
     if geometry is None:
         raise ConfigError(f"tasks.{job.task}.geometry is required for EBFT")
-    feature_model = load_model(job.feature_model or job.init)
-    reference = load_model(job.init) if config.kl_coef > 0 else None
+    feature_model = load_model(job.feature_model or job.init, dtype=job.frozen_dtype)
+    reference = load_model(job.init, dtype=job.frozen_dtype) if config.kl_coef > 0 else None
     layout = StridedLayout(seq_len=job.task_spec["seq_len"], **geometry)
     return EBFTObjective(config, layout=layout, feature_model=feature_model, reference_model=reference,
                          embed_method=job.task_spec.get("embed_method", "last_token"), seed=job.seed)

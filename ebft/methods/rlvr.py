@@ -228,7 +228,7 @@ def build(config: RLVRConfig, job: TrainJob) -> RLVRObjective:
     kind = job.task_spec["kind"]
     name = rlvr_reward(kind, config.reward, "ebft train --method rlvr", job.task)
     reward_kwargs = {"timeout_s": config.sandbox_timeout_s} if kind == "code_qa" else {}
-    reference = load_model(job.init) if config.kl_coef > 0 else None
+    reference = load_model(job.init, dtype=job.frozen_dtype) if config.kl_coef > 0 else None
     return RLVRObjective(config, tokenizer=load_tokenizer(job.init), kind=kind,
                          reward_fn=make_verifiable_reward(name, **reward_kwargs), seed=job.seed,
                          reference_model=reference)
