@@ -90,14 +90,17 @@ def generate(
     seed: int = 0,
     max_length: int | None = None,
     stop_when_graded: bool = False,
+    device: torch.device | None = None,
 ) -> Generations:
     """Complete every prompt ``num_samples`` times (see the module docstring).
 
     ``max_length`` (default: the model's ``max_position_embeddings``) bounds prompt + completion; longer
     prompts keep their last ``max_length - max_new_tokens`` tokens. ``stop_when_graded``: stop each row once
     its truncated completion is final (``texts`` unchanged; ``completion_ids`` padded after the stop).
+    ``device``: where the prompts go (default: the device of the model's first parameter; give the compute
+    device when parameters live elsewhere, e.g. offloaded to the CPU by FSDP).
     """
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     limit = max_length or getattr(model.config, "max_position_embeddings", None)
     trunc = {} if limit is None else {"truncation": True, "max_length": max(1, limit - max_new_tokens)}
     side = tokenizer.truncation_side

@@ -310,3 +310,25 @@ def test_rlvr_raises_the_unit_test_reward_on_the_tiny_code_task(tmp_path):
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert 0.0 < first < 0.5, first  # the warm start passes some tests, not most
     assert last > first + 0.1, (first, last)
+
+
+def test_rollouts_go_to_the_accelerators_device_not_the_first_parameters(tok, monkeypatch):
+    """FSDP with CPU offload keeps parameters on the CPU: RLVR asks the accelerator where to compute."""
+    import types
+
+    obj = RLVRObjective({"num_samples": 2, "temperature": 1.0, "max_new_tokens": 3}, tokenizer=tok, kind="code_qa",
+                        reward_fn=lambda recs, texts: torch.zeros(len(texts)))
+    model = tiny_model(tok)
+    assert obj.device(model) == torch.device("cpu")  # before setup: the model's own device
+    obj.setup(types.SimpleNamespace(device=torch.device("meta")), model)
+    assert obj.device(model) == torch.device("meta")
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["device"])
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("ebft.generation.generate", spy)
+    with pytest.raises(RuntimeError, match="stop"):
+        obj.rollouts(model, [{"question": "def f(x):\n"}], step=0, micro=0)
+    assert seen == [torch.device("meta")]

@@ -107,6 +107,12 @@ class RLVRObjective:
         if self.reference is not None:
             self.reference.to(accelerator.device)
 
+    def device(self, model: torch.nn.Module) -> torch.device:
+        """The compute device: the accelerator's once set up (FSDP with CPU offload keeps the parameters on
+        the CPU), else the model's first parameter's."""
+        accelerator = getattr(self, "accelerator", None)
+        return accelerator.device if accelerator is not None else next(model.parameters()).device
+
     def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """[b, n] rewards -> [b, n] advantages."""
         from ebft.rewards import group_normalized_advantages, rloo_baseline
@@ -140,7 +146,8 @@ class RLVRObjective:
         group_step = step - step % self.updates_per_batch
         gens = generate(model, self.tokenizer, [r["question"] for r in records], kind=self.kind,
                         num_samples=self.n, temperature=self.temperature, top_p=self.top_p,
-                        max_new_tokens=self.max_new_tokens, seed=rollout_seed(self.seed, group_step, micro))
+                        max_new_tokens=self.max_new_tokens, seed=rollout_seed(self.seed, group_step, micro),
+                        device=self.device(model))
         expanded = [r for r in records for _ in range(self.n)]
         rewards = self.reward_fn(expanded, gens.texts).float().view(len(records), self.n)
         adv = self.advantages(rewards).reshape(-1, 1).to(gens.completion_ids.device)  # [b*n, 1]
@@ -161,7 +168,7 @@ class RLVRObjective:
             logp = completion_logprobs(model, kept["gens"], self.temperature)  # [b*n, M]
             kept["old_logp"] = logp.detach()
         else:
-            kept = _to_device(self._kept[micro], next(model.parameters()).device)
+            kept = _to_device(self._kept[micro], self.device(model))
             logp = completion_logprobs(model, kept["gens"], self.temperature)
         if self.updates_per_batch > 1:
             if position == self.updates_per_batch - 1:
