@@ -10,7 +10,8 @@ checks each value on its own; these checks relate values to each other:
   for every ``evaluation.cfm_by_length.gen_lens``; each listed evaluation supports the task's kind
   (:attr:`ebft.evaluation.Evaluation.kinds`);
 * model keys: ``tasks.<t>.base_model``, ``feature_model``, ``sft_warm_start`` (unless ``own``),
-  ``scale.models`` and a variant's ``base_model`` name entries of ``models``;
+  ``scale.models`` and a variant's ``base_model`` name entries of ``models``; a ``source: local`` model is a
+  directory with a ``config.json``; a ``source: gguf`` file exists (:func:`ebft.gguf.gguf_file`);
 * training: for every resolved variant of every method on every task (:func:`ebft.config.run_grid`) and for
   ``models.<m>.pretrain``, the :class:`~ebft.config.TrainConfig` and the method's typed config
   (``REGISTRY[method].config``, whose own ``check()`` runs) build; a sampling method has the two samples
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from ebft.config import ConfigError, TrainConfig, method_variants, run_grid, train_task_spec
@@ -113,6 +115,21 @@ def _model_key_problems(config: dict[str, Any]) -> Iterator[str]:
                 key = params.get("base_model")
                 if key is not None and key not in models:
                     yield unknown(f"methods.{method} variant {variant!r} base_model", key)
+    yield from _model_source_problems(models)
+
+
+def _model_source_problems(models: dict[str, Any]) -> Iterator[str]:
+    """A local model directory must hold a model (``config.json``); a GGUF file must be found."""
+    from ebft.gguf import GGUFError, gguf_file
+
+    for name, spec in models.items():
+        if spec["source"] == "local" and not (Path(spec["path"]) / "config.json").is_file():
+            yield f"models.{name}.path: {spec['path']} is not a Hugging Face model directory (no config.json)"
+        elif spec["source"] == "gguf":
+            try:
+                gguf_file(spec, f"models.{name}")
+            except GGUFError as err:
+                yield str(err)
 
 
 # -------------------------------------------------------------------------------------------- training

@@ -101,6 +101,12 @@ def cmd_build_comet_tiny(args: argparse.Namespace) -> None:
     log.info("tiny COMET checkpoint: %s", build_tiny_checkpoint(read_jsonl(args.data), args.out, args.seed))
 
 
+def cmd_convert_gguf(args: argparse.Namespace) -> None:
+    from ebft.gguf import convert
+
+    convert(args.gguf, args.out)
+
+
 def cmd_timings(args: argparse.Namespace) -> None:
     from ebft.timings import rule_timings
 
@@ -210,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="translation train.jsonl (tokenizer training text)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_build_comet_tiny)
+
+    s = sub.add_parser("convert-gguf", parents=[out], help="convert a GGUF model file into an HF model directory")
+    s.add_argument("--gguf", required=True, help="the GGUF file")
+    s.set_defaults(func=cmd_convert_gguf)
 
     s = sub.add_parser("timings", help="per-rule wall times from the workflow's benchmark files")
     s.add_argument("root", nargs="?", default="results/benchmarks/rules")

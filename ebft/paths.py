@@ -26,6 +26,7 @@ PRETRAINED_LOG = PRETRAINED_RUN + "/train_log.jsonl"
 HUB_MODEL = RESOURCES + "/models/{slug}"
 HUB_DATASET = RESOURCES + "/datasets/{slug}"
 HUB_COMET = RESOURCES + "/comet/{slug}"
+GGUF_MODEL = RESOURCES + "/gguf/{model}"  #: a config model of ``source: gguf`` converted to an HF directory
 COMET_TINY = "results/models/comet-tiny"
 
 # training runs: one directory per (task, method, variant, seed)

@@ -29,13 +29,22 @@ def trained_methods() -> tuple[str, ...]:
     return METHODS
 
 
-def dry_run_counts(config: str, workdir: Path) -> Counter:
-    """Job counts of a dry run in an empty working directory (no outputs exist yet)."""
+def dry_run_counts(config: str | Path, workdir: Path) -> Counter:
+    """Job counts of a dry run in an empty working directory (no outputs exist yet); ``config``: a file name
+    under config/ or a path."""
+    path = config if isinstance(config, Path) else ROOT / "config" / config
     out = subprocess.run([*SNAKEMAKE, "-n", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory",
-                          str(workdir), "--configfile", str(ROOT / "config" / config)],
+                          str(workdir), "--configfile", str(path)],
                          cwd=workdir, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return dry_run_counts_from(out.stdout)
+
+
+def dry_run_counts_of(cfg: dict, workdir: Path) -> Counter:
+    """:func:`dry_run_counts` of a config given as a dict (written to ``workdir/config.yaml``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return dry_run_counts(workdir / "config.yaml", workdir)
 
 
 def dry_run_counts_from(stdout: str) -> Counter:

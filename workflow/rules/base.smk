@@ -1,4 +1,5 @@
-# Tokenizer and base models: pretrain the tiny default from scratch, or download a hub model.
+# Tokenizer and base models: pretrain the tiny default from scratch, download a hub model, or convert a GGUF
+# file (a local model directory needs no rule).
 
 
 def tokenizer_corpora():
@@ -65,3 +66,19 @@ rule download_model:
         ENV
     shell:
         "ebft download model --repo-id {params.repo_id} --revision {params.revision} --out {output} > {log} 2>&1"
+
+
+rule convert_gguf:
+    input:
+        lambda wildcards: str(gguf_file(config["models"][wildcards.model], f"models.{wildcards.model}")),
+    output:
+        directory(paths.GGUF_MODEL),
+    log:
+        job_files("convert_gguf", "{model}")["log"],
+    benchmark:
+        job_files("convert_gguf", "{model}")["benchmark"]
+    threads: workflow.cores
+    conda:
+        ENV
+    shell:
+        "ebft --threads {threads} convert-gguf --gguf {input} --out {output} > {log} 2>&1"

@@ -11,6 +11,7 @@ from ebft import paths
 from ebft.checks import check_config
 from ebft.config import base_models, data_hash, eval_plan, eval_rules, run_grid, task_variants, train_task_spec
 from ebft.evaluation import EVALUATIONS
+from ebft.gguf import gguf_file
 from ebft.methods import METHODS, REGISTRY
 from ebft.paths import fill, slug
 
@@ -68,10 +69,15 @@ def comet_model_dir():
 
 
 def model_dir(name):
-    """Local directory of a config model: pretrained here or downloaded from the hub."""
+    """Local directory of a config model: pretrained here, downloaded from the hub, a local directory, or
+    converted from a GGUF file."""
     spec = config["models"][name]
     if spec["source"] == "pretrain":
         return fill(paths.PRETRAINED_MODEL, model=name)
+    if spec["source"] == "local":
+        return spec["path"]
+    if spec["source"] == "gguf":
+        return fill(paths.GGUF_MODEL, model=name)
     return fill(paths.HUB_MODEL, slug=slug(spec["repo_id"]))
 
 
