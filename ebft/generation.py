@@ -43,7 +43,12 @@ def graded_part_complete(text: str, kind: str) -> bool:
 
 
 class _StopWhenGraded(StoppingCriteria):
-    """Per-row stop: the decoded completion so far (after ``prompt_len`` tokens) is graded-complete."""
+    """Per-row stop: the decoded completion so far (after ``prompt_len`` tokens) is graded-complete.
+
+    It decodes the completion alone, without its prompt (cheaper at every step): that may lose a leading
+    space of the first token (SentencePiece-style decoders, see :func:`decode_completions`), which changes
+    neither check of :func:`graded_part_complete` (code needs a line break before a non-space character,
+    translation strips leading whitespace)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, kind: str) -> None:
         self.tokenizer, self.prompt_len, self.kind = tokenizer, prompt_len, kind
@@ -74,6 +79,27 @@ class Generations:
     completion_mask: torch.Tensor  # [B*n, M] 1 on generated tokens up to and including the first EOS
     texts: list[str]  # decoded, truncated completions (len B*n)
     raw_texts: list[str]  # decoded completions before stop-sequence truncation
+
+
+def decode_completions(
+    tokenizer: PreTrainedTokenizerBase, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion: torch.Tensor
+) -> list[str]:
+    """The text of each completion ``[R, M]`` as it continues its prompt ``[R, P]`` (left-padded, ``prompt_mask``).
+
+    Decoded in context: ``decode(prompt + completion)`` minus ``decode(prompt)``. Decoding the completion alone
+    is wrong for SentencePiece-style tokenizers (Llama 2, Mistral, Gemma), whose decoder drops the leading
+    space of the first token: a completion ``"    return x"`` would come back with three spaces of
+    indentation. Byte-level tokenizers (GPT-2, Llama 3, Qwen, SmolLM2) give the same text either way. Special
+    tokens are skipped; a row whose full decode does not start with its prompt's decode (not seen with
+    either kind) falls back to decoding the completion alone.
+    """
+    prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask, strict=True)]
+    rows = completion.tolist()
+    heads = tokenizer.batch_decode(prompts, skip_special_tokens=True)
+    fulls = tokenizer.batch_decode([p + c for p, c in zip(prompts, rows, strict=True)], skip_special_tokens=True)
+    alone = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    return [full[len(head):] if full.startswith(head) else solo
+            for head, full, solo in zip(heads, fulls, alone, strict=True)]
 
 
 @torch.no_grad()
@@ -133,8 +159,7 @@ def generate(
     is_eos = completion == tokenizer.eos_token_id
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # strictly after the first EOS
     completion_mask = (~after_eos).long()
-    raw = tokenizer.batch_decode(completion.masked_fill(after_eos | is_eos, tokenizer.pad_token_id),
-                                 skip_special_tokens=True)
+    raw = decode_completions(tokenizer, ids, mask, completion.masked_fill(after_eos | is_eos, tokenizer.pad_token_id))
     return Generations(ids, mask, completion.masked_fill(after_eos, tokenizer.pad_token_id), completion_mask,
                        [truncate_completion(t, kind) for t in raw], raw)
 
