@@ -6,7 +6,10 @@ for the call, so the result depends only on ``seed`` (not on what ran before) an
 stream is untouched. Completions are cut at the first EOS and then at the task's stop sequences:
 
 * code (HumanEval convention): a completion is a function body, so it ends at the first line that is not
-  indented (``"\\ndef"``, ``"\\nclass"``, ``"\\nif"``, ``"\\nprint"``, ``"\\n#"``, or any other top-level line);
+  indented (``"\\ndef"``, ``"\\nclass"``, ``"\\nif"``, ``"\\nprint"``, ``"\\n#"``, or any other top-level line).
+  A completion that opens a Markdown code fence instead (instruction-tuned models answer a bare function
+  header with a fenced block that restates the whole function) is graded as the content of that block, up
+  to its closing fence: appended to the prompt it redefines the function, which is valid Python;
 * translation: the first line of the generation is the hypothesis (the answer format is ``" {ref}\\n"``).
 
 With ``stop_when_graded`` (evaluation: :func:`generate_batched`) a row stops once its graded part is complete
@@ -35,6 +38,9 @@ def graded_part_complete(text: str, kind: str) -> bool:
     still turn out to be whitespace) are not counted."""
     text = text.rstrip("\ufffd")
     if kind in CODE_KINDS:
+        fenced = _fenced_block(text)
+        if fenced is not None:
+            return fenced[1]
         return _TOP_LEVEL_LINE.search(text) is not None
     if kind == "translation":
         stripped = text.lstrip()
@@ -59,9 +65,26 @@ class _StopWhenGraded(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def _fenced_block(text: str) -> tuple[str, bool] | None:
+    """``(content, closed)`` of the Markdown code block a completion opens with (after optional blank space;
+    the opening fence line, with its language tag, is dropped), or None when it does not open with a fence.
+    The content stays open until its opening line is complete."""
+    stripped = text.lstrip()
+    if not stripped.startswith("```"):
+        return None
+    head, newline, body = stripped.partition("\n")
+    if not newline:
+        return "", False
+    end = re.search(r"^[ \t]*```", body, flags=re.M)
+    return (body[: end.start()], True) if end else (body, False)
+
+
 def truncate_completion(text: str, kind: str) -> str:
     """Cut a raw generation to the part that is graded (see the module docstring)."""
     if kind in CODE_KINDS:
+        fenced = _fenced_block(text)
+        if fenced is not None:
+            return fenced[0]
         match = _TOP_LEVEL_LINE.search(text)
         return text[: match.start() + 1] if match else text
     if kind == "translation":

@@ -29,11 +29,25 @@ def tok_model(tmp_path_factory):
     ("\n Hallo Welt\n", "translation", True),
     (" Hallo\nmore", "translation", True),
     ("anything\n", "unstructured", False),
+    ("```python\ndef f(x):\n    return x\n", "code_qa", False),  # a fenced block is open until it closes
+    ("\n```python\ndef f(x):\n    return x\n```", "humaneval", True),
+    ("```", "code_qa", False),
 ])
 def test_graded_part_complete(text, kind, complete):
     assert graded_part_complete(text, kind) is complete
     if complete:  # appending anything leaves the graded part as it is
         assert truncate_completion(text + "\nz = 1\n  more", kind) == truncate_completion(text, kind)
+
+
+def test_a_fenced_answer_is_graded_as_its_block():
+    """An instruction-tuned model's fenced answer: the block's content, which redefines the function when
+    appended to the prompt; a body without a fence keeps the HumanEval convention."""
+    text = "```python\ndef f(x):\n    return x + 1\n```\n\nThis function adds one."
+    assert truncate_completion(text, "code_qa") == "def f(x):\n    return x + 1\n"
+    namespace: dict = {}
+    exec("def f(x):\n    \"\"\"Add one.\"\"\"\n" + truncate_completion(text, "code_qa"), namespace)  # noqa: S102
+    assert namespace["f"](1) == 2
+    assert truncate_completion("    return x\n```\n", "code_qa") == "    return x\n"
 
 
 @pytest.mark.parametrize("kind", ["code_qa", "translation"])
