@@ -39,6 +39,13 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     log.info("prepared %s: %s", args.task, json.dumps(manifest.get("counts", manifest)))
 
 
+def cmd_export_hub_data(args: argparse.Namespace) -> None:
+    from ebft.data.export import export_hub_format
+
+    counts = export_hub_format(args.data, args.kind, args.out)
+    log.info("wrote %s as hub-format parquet to %s: %s", args.data, args.out, counts)
+
+
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     from ebft.train import train_tokenizer
 
@@ -59,6 +66,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     job = TrainJob(task=args.task, task_spec=args.task_spec, init=args.init, seed=args.seed,
                    feature_model=args.feature_model, variant=args.variant)
     train(args.method, job, args.spec, args.data, args.out, tracking=args.tracking)
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from ebft.plan import plan_task, write_plan
+
+    plan = plan_task(args.spec, args.data, _pairs("--model", args.model))  # ConfigError: exits naming the keys
+    write_plan(plan, args.out)
+    for run in plan["runs"]:
+        log.info("%s/%s: %d training items, %d steps, checkpoints %s", run["method"], run["variant"],
+                 run["training_items"], run["total_steps"], run["checkpoints"])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -82,7 +99,7 @@ def _pairs(option: str, values: list[str] | None) -> dict[str, str]:
     for value in values or []:
         key, sep, rest = value.partition("=")
         if not sep or not key or not rest:
-            raise SystemExit(f"ebft evaluate model: {option} {value!r} is not KEY=VALUE")
+            raise SystemExit(f"ebft: {option} {value!r} is not KEY=VALUE")
         out[key] = rest
     return out
 
@@ -163,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", required=True, help="task name (a key of config `tasks`)")
     s.set_defaults(func=cmd_prepare_data)
 
+    s = sub.add_parser("export-hub-data", parents=[out],
+                       help="write a prepared task as a hub-format parquet dataset (the paper datasets' columns)")
+    s.add_argument("--data", required=True, help="task data directory with {train,valid,test}.jsonl")
+    s.add_argument("--kind", required=True, help="the records' kind (code_qa, unstructured, translation)")
+    s.set_defaults(func=cmd_export_hub_data)
+
     s = sub.add_parser("train-tokenizer", parents=[out], help="train the tiny default's byte-level BPE tokenizer")
     s.add_argument("--data", nargs="+", required=True, help="train.jsonl files")
     s.add_argument("--vocab-size", type=int, required=True)
@@ -190,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracking", type=_json, default=None,
                    help="the resolved `tracking` section as JSON (backend, project, group); default: no tracker")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("plan", parents=[spec, out],
+                       help="check a task's runs against its data and models and resolve their checkpoints "
+                            "(before any training job); --spec: ebft.config.plan_spec, --out: the plan JSON")
+    s.add_argument("--data", required=True, help="task data directory with train.jsonl")
+    s.add_argument("--model", action="append", required=True, metavar="KEY=DIR",
+                   help="a model key of the spec and its local directory (repeat)")
+    s.set_defaults(func=cmd_plan)
 
     ev = sub.add_parser("evaluate", help="evaluate a model; writes one JSON result")
     evs = ev.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -31,7 +32,7 @@ VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 __all__ = ["METHODS", "ConfigError", "TrainConfig", "TrackingConfig", "Run", "EvalJob", "EvalRule", "run_grid",
            "eval_plan", "eval_rules", "task_variants", "TRAIN_TASK_KEYS", "train_task_spec", "tracking_spec",
-           "data_hash"]
+           "data_hash", "plan_spec", "plan_models", "checkpoint_names", "log_spaced_fractions"]
 
 #: The keys of ``tasks.<task>`` a training or evaluation job reads (:attr:`ebft.methods.TrainJob.task_spec`,
 #: ``ebft evaluate --task-spec``): the record kind (packing, RLVR's verifier), the chunk length, EBFT's
@@ -39,6 +40,27 @@ __all__ = ["METHODS", "ConfigError", "TrainConfig", "TrackingConfig", "Run", "Ev
 #: (``evaluations``, say) changes no job's params: it adds or drops evaluation jobs and retrains nothing;
 #: ``base_model``/``feature_model`` reach the jobs as input paths instead.
 TRAIN_TASK_KEYS: tuple[str, ...] = ("kind", "seq_len", "geometry", "embed_method")
+
+
+#: ``checkpoint_log_first`` default: the first of the log-spaced checkpoints at 10^-2.1 of the run (about
+#: 0.8 %), as the reference implementation spaces its checkpoints.
+LOG_FIRST_DEFAULT = 0.00794
+#: the smallest fraction of a run a checkpoint may be given at (its name stays a plain decimal)
+MIN_FRACTION = 1e-4
+
+
+def log_spaced_fractions(count: int, first: float = LOG_FIRST_DEFAULT) -> list[float]:
+    """``count`` fractions of a run spaced evenly in log scale from ``first`` to 1 (the final model), each
+    rounded to 3 significant digits so that it names a checkpoint exactly: ``first ** (1 - i / (count - 1))``
+    for ``i = 0 .. count-1``. ``count = 0`` gives none."""
+    if count == 0:
+        return []
+    return [float(f"{first ** (1 - i / (count - 1)):.3g}") for i in range(count)]
+
+
+def fraction_name(fraction: float) -> str:
+    """The checkpoint name of a fraction of the run: ``frac0.25`` (up to 6 significant digits)."""
+    return f"frac{fraction:.6g}"
 
 
 class ConfigError(ValueError):
@@ -77,6 +99,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.95)
     checkpoint_steps: tuple[int, ...] = ()
+    checkpoint_fractions: tuple[float, ...] = ()
+    checkpoint_log_count: int = 0
+    checkpoint_log_first: float = LOG_FIRST_DEFAULT
     resume_every: int = 50
     log_every: int = 10
     seed: int = 0
@@ -94,6 +119,8 @@ class TrainConfig:
             kwargs["adam_betas"] = tuple(kwargs["adam_betas"])
         if "checkpoint_steps" in kwargs:
             kwargs["checkpoint_steps"] = tuple(sorted(int(s) for s in kwargs["checkpoint_steps"]))
+        if "checkpoint_fractions" in kwargs:
+            kwargs["checkpoint_fractions"] = tuple(sorted(float(f) for f in kwargs["checkpoint_fractions"]))
         if isinstance(kwargs.get("lora"), dict):
             kwargs["lora"] = LoraSettings.from_dict(kwargs["lora"])
         if isinstance(kwargs.get("distributed"), dict):
@@ -109,6 +136,19 @@ class TrainConfig:
             )
         if self.max_steps is not None and any(s > self.max_steps for s in self.checkpoint_steps):
             raise ConfigError(f"checkpoint_steps {list(self.checkpoint_steps)} exceed max_steps {self.max_steps}")
+        if any(not MIN_FRACTION <= f < 1 for f in self.checkpoint_fractions):
+            raise ConfigError(f"checkpoint_fractions {list(self.checkpoint_fractions)}: each must lie in "
+                              f"[{MIN_FRACTION}, 1) (1 is the final model, evaluated anyway)")
+        if self.checkpoint_log_count < 0 or self.checkpoint_log_count == 1:
+            raise ConfigError(f"checkpoint_log_count {self.checkpoint_log_count}: 0 (none) or at least 2 (the "
+                              f"last of the points is the final model)")
+        if not MIN_FRACTION <= self.checkpoint_log_first < 1:
+            raise ConfigError(f"checkpoint_log_first {self.checkpoint_log_first} must lie in [{MIN_FRACTION}, 1)")
+        names = [fraction_name(f) for f in (*self.checkpoint_fractions, *log_spaced_fractions(
+            self.checkpoint_log_count, self.checkpoint_log_first)[:-1])]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"checkpoint_fractions and checkpoint_log_count give the same checkpoint twice: "
+                              f"{sorted({n for n in names if names.count(n) > 1})}")
         if self.schedule not in ("cosine", "constant_with_warmup", "linear"):
             raise ConfigError(f"schedule: unknown value {self.schedule!r}")
         if self.lora is not None:
@@ -120,6 +160,43 @@ class TrainConfig:
             if self.distributed.sharded and self.mixed_precision not in ("no", "bf16"):
                 raise ConfigError(f"distributed.strategy: fsdp takes mixed_precision no or bf16, not "
                                   f"{self.mixed_precision!r}")
+
+    def total_steps(self, num_examples: int, updates_per_batch: int = 1) -> int:
+        """Optimizer steps of a run on ``num_examples`` training items: ``max_steps``, else ``epochs`` passes
+        over the data in whole batches, ``updates_per_batch`` optimizer steps per batch. Raises ``ValueError``
+        when the data is smaller than one batch."""
+        if self.max_steps is not None:
+            return self.max_steps
+        per_epoch = num_examples // self.batch_size
+        if per_epoch == 0:
+            raise ValueError(f"{num_examples} training examples are fewer than one batch of {self.batch_size}")
+        return max(1, int(math.floor(per_epoch * self.epochs)) * updates_per_batch)
+
+    def checkpoint_fraction_names(self) -> dict[str, float]:
+        """``{name: fraction}`` of the checkpoints given as fractions of the run: ``checkpoint_fractions`` and
+        the ``checkpoint_log_count`` log-spaced points (:func:`log_spaced_fractions`) before the final one."""
+        points = sorted([*self.checkpoint_fractions,
+                         *log_spaced_fractions(self.checkpoint_log_count, self.checkpoint_log_first)[:-1]])
+        return {fraction_name(f): f for f in points}
+
+    def checkpoint_names(self) -> tuple[str, ...]:
+        """Every checkpoint of the run by the name the DAG and ``<run>/checkpoints/`` use: ``step{N}`` for
+        ``checkpoint_steps``, ``frac{f}`` for fractions (:data:`ebft.paths.CHECKPOINT_NAME`). Known without the
+        data, so the evaluation rules declare every checkpoint's results."""
+        return (*(f"step{s}" for s in self.checkpoint_steps), *self.checkpoint_fraction_names())
+
+    def checkpoint_plan(self, total_steps: int) -> dict[str, int]:
+        """``{name: optimizer step}`` of every checkpoint of a run of ``total_steps`` steps. A fraction ``f``
+        is step ``min(T, max(1, round(f * T)))``; two names may share a step on a short run (each is saved).
+        Raises :class:`ConfigError` for a ``checkpoint_steps`` entry beyond ``T``."""
+        beyond = [s for s in self.checkpoint_steps if s > total_steps]
+        if beyond:
+            raise ConfigError(f"checkpoint_steps {beyond} lie beyond the run's {total_steps} optimizer steps "
+                              f"(use checkpoint_fractions or checkpoint_log_count, which follow the data size)")
+        plan = {f"step{s}": s for s in self.checkpoint_steps}
+        for name, f in self.checkpoint_fraction_names().items():
+            plan[name] = min(total_steps, max(1, round(f * total_steps)))
+        return plan
 
     @property
     def sharded(self) -> bool:
@@ -324,7 +401,7 @@ class EvalJob:
     method: str  # base | a key of ebft.methods.REGISTRY
     variant: str  # the model key for base
     seed: int
-    ckpt: str  # final | step<N>
+    ckpt: str  # final | a checkpoint name (step<N> | frac<f>)
 
     @property
     def path(self) -> str:
@@ -352,8 +429,8 @@ def on_checkpoints(config: dict[str, Any], group: str) -> bool:
 class EvalRule:
     r"""One generated evaluation rule: the groups of ``family`` that one job computes for one model.
 
-    ``ckpt`` is the rule's ``ckpt`` wildcard pattern: ``final`` (final and base models), ``step\d+``
-    (declared checkpoints) or both, when a model gets the same groups either way.
+    ``ckpt`` is the rule's ``ckpt`` wildcard pattern: ``final`` (final and base models),
+    :data:`ebft.paths.CHECKPOINT_NAME` (declared checkpoints) or both, when a model gets the same groups either way.
     """
 
     name: str
@@ -374,11 +451,11 @@ def eval_rules(config: dict[str, Any]) -> list[EvalRule]:
         if not final:
             continue
         if ckpts == final:
-            rules.append(EvalRule(f"eval_{family}", family, final, r"final|step\d+"))
+            rules.append(EvalRule(f"eval_{family}", family, final, paths.CKPT))
             continue
         rules.append(EvalRule(f"eval_{family}", family, final, "final"))
         if ckpts:
-            rules.append(EvalRule(f"eval_{family}_ckpt", family, ckpts, r"step\d+"))
+            rules.append(EvalRule(f"eval_{family}_ckpt", family, ckpts, paths.CHECKPOINT_NAME))
     return rules
 
 
@@ -394,10 +471,47 @@ def eval_plan(config: dict[str, Any], runs: list[Run]) -> list[EvalJob]:
             for run in runs:
                 if run.task != task:
                     continue
-                steps = run.params.get("checkpoint_steps", []) if with_ckpts else []
-                for ckpt in ["final", *[f"step{s}" for s in steps]]:
+                names = checkpoint_names(run.params) if with_ckpts else ()
+                for ckpt in ["final", *names]:
                     jobs.append(EvalJob(group, task, run.method, run.variant, run.seed, ckpt))
     return jobs
+
+
+def checkpoint_names(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The checkpoint names of a resolved variant (:meth:`TrainConfig.checkpoint_names`), from its keys alone."""
+    keys = ("checkpoint_steps", "checkpoint_fractions", "checkpoint_log_count", "checkpoint_log_first")
+    return TrainConfig.from_dict({k: params[k] for k in keys if k in params}).checkpoint_names()
+
+
+def plan_spec(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """What rule ``plan_runs`` resolves and checks for ``task`` (:func:`ebft.plan.plan_task`): the task's
+    training keys, each (method, variant) of its runs with its resolved keys and base model key, the models
+    evaluated as base, the feature network, a hub SFT warm start, the ``cfm_by_length`` completion lengths and
+    the evaluations' ``max_new_tokens``. The model keys it names are :func:`plan_models`."""
+    spec = config["tasks"][task]
+    grid = [r for r in run_grid(config) if r.task == task]
+    runs = {(r.method, r.variant): {"method": r.method, "variant": r.variant, "params": r.params,
+                                    "model": r.params.get("base_model", spec["base_model"])} for r in grid}
+    groups = task_evaluations(config, task)
+    evaluation = config.get("evaluation") or {}
+    new_tokens = {g: EVALUATIONS[g].settings(evaluation)["max_new_tokens"] for g in groups
+                  if "max_new_tokens" in EVALUATIONS[g].settings(evaluation)}
+    warm = spec.get("sft_warm_start", "own")
+    return {"task": task, "task_spec": train_task_spec(config, task), "runs": list(runs.values()),
+            "eval_models": base_models(config, task, grid), "feature_model": spec.get("feature_model",
+                                                                                       spec["base_model"]),
+            "sft_warm_start": None if warm == "own" else warm,
+            "gen_lens": (evaluation.get("cfm_by_length") or {}).get("gen_lens", []) if "cfm_by_length" in groups
+            else [],
+            "eval_max_new_tokens": new_tokens}
+
+
+def plan_models(spec: Mapping[str, Any]) -> list[str]:
+    """The model keys a :func:`plan_spec` reads (the plan job's model inputs), in a stable order."""
+    keys = [*(r["model"] for r in spec["runs"]), *spec["eval_models"], spec["feature_model"]]
+    if spec["sft_warm_start"] is not None:
+        keys.append(spec["sft_warm_start"])
+    return list(dict.fromkeys(keys))
 
 
 def train_task_spec(config: dict[str, Any], task: str) -> dict[str, Any]:

@@ -21,3 +21,10 @@ def check_geometry(seq_len: int, context_len: int, stride: int, gen_len: int) ->
     if span % stride != 0:
         raise ValueError(f"StridedLayout: (seq_len - gen_len - context_len) must be divisible by stride, got "
                          f"({seq_len} - {gen_len} - {context_len}) = {span} and stride={stride}")
+
+
+def strided_length(seq_len: int, context_len: int, stride: int, gen_len: int) -> int:
+    """``S = L + G·K`` with ``K = (L − G − C) / s + 1`` blocks: the length of the strided sequence that the
+    sampler, the scorer and the feature network process (positions up to ``S − 1`` are used)."""
+    check_geometry(seq_len, context_len, stride, gen_len)
+    return seq_len + gen_len * ((seq_len - gen_len - context_len) // stride + 1)

@@ -16,6 +16,7 @@ passed under the name :func:`cache_kwarg` gives and created by :func:`new_cache`
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ from transformers import (
 )
 
 from ebft.lora import is_peft, merged_state_dict
+from ebft.paths import CHECKPOINT_META
 
 ARCHITECTURES = {"qwen2": Qwen2Config, "llama": LlamaConfig}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -95,8 +97,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path) -> None:
+def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path,
+                           meta: dict[str, Any] | None = None) -> None:
     """Write ``model`` (+ tokenizer) to ``out`` via a sibling temp dir and a rename: readers never see half a model.
+    ``meta`` (a checkpoint's name and step) is written next to the weights as :data:`ebft.paths.CHECKPOINT_META`.
 
     A ``peft`` model (a LoRA run) is written as the merged plain model (:func:`ebft.lora.merged_state_dict`),
     so every saved model loads with ``from_pretrained`` and no ``peft``.
@@ -108,6 +112,8 @@ def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenize
             model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if meta is not None:
+            (tmp / CHECKPOINT_META).write_text(json.dumps(meta, sort_keys=True) + "\n")
 
 
 @contextmanager

@@ -9,6 +9,7 @@ target is ``fill(RUN_MODEL, task="code_qa", method="sft", variant="default", see
 
 from __future__ import annotations
 
+import os
 import string
 from typing import Any
 
@@ -32,11 +33,17 @@ COMET_TINY = "results/models/comet-tiny"
 # training runs: one directory per (task, method, variant, seed)
 RUN = "results/runs/{task}/{method}/{variant}/seed{seed}"
 RUN_MODEL = RUN + "/model"
-RUN_CHECKPOINTS = RUN + "/checkpoints"  #: holds step<N>/ for every declared checkpoint step
+RUN_CHECKPOINTS = RUN + "/checkpoints"  #: holds one directory per declared checkpoint, by CHECKPOINT_NAME
 RUN_LOG = RUN + "/train_log.jsonl"
+RUN_PLAN = "results/plan/{task}.json"  #: every run of a task resolved against its data (rule plan_runs)
+#: a checkpoint's name: ``step<N>`` (``checkpoint_steps``) or ``frac<f>`` (a fraction of the run, resolved to
+#: a step once the data is known); its directory holds CHECKPOINT_META with the step it was saved at
+CHECKPOINT_NAME = r"step\d+|frac0\.\d+"
+CKPT = "final|" + CHECKPOINT_NAME  #: the ``{ckpt}`` wildcard: the final model or a checkpoint
+CHECKPOINT_META = "ebft_checkpoint.json"
 
 # evaluation results: one JSON per (task, method, variant, seed, ckpt, group); method "base" has the model key
-# as variant; ckpt is "final" or "step<N>"
+# as variant; ckpt is "final" or a checkpoint's name (CHECKPOINT_NAME)
 EVAL_RESULT = "results/eval/{task}/{method}/{variant}/seed{seed}/{ckpt}/{group}.json"
 
 # tables and figures of the report: file names relative to TABLES / FIGURES (the report writes them there)
@@ -86,6 +93,15 @@ def fields_of(template: str) -> list[str]:
 def job_file(root: str, rule: str, wildcards: str, ext: str) -> str:
     """Log (``root`` = LOGS) or benchmark file (RULE_BENCHMARKS) of a job: ``{root}/{rule}/{wildcards}.{ext}``."""
     return f"{root}/{rule}/{wildcards}.{ext}" if wildcards else f"{root}/{rule}.{ext}"
+
+
+def is_local_path(path: str) -> bool:
+    """True when a hub dataset's ``path`` names a local dataset (read in place, never downloaded): an
+    absolute path, one starting with ``.``, one inside ``results/`` (written by a rule), an existing path, or
+    anything that is not a hub id's ``owner/name``."""
+    if path.startswith(("/", ".", RESULTS + "/")) or os.path.exists(path):
+        return True
+    return path.count("/") != 1
 
 
 def slug(repo_id: str) -> str:

@@ -10,7 +10,9 @@ consecutive optimizer steps: the data advances once per ``E`` steps and ``max_st
 Files of one run (``out_dir`` is ``results/runs/{task}/{method}/{variant}/seed{seed}``)::
 
     out_dir/model/                 final HF checkpoint (declared output)
-    out_dir/checkpoints/step{N}/   HF checkpoints at the configured steps (declared outputs)
+    out_dir/checkpoints/{name}/    HF checkpoints (declared outputs), one per name of
+                                   :meth:`TrainConfig.checkpoint_names` (``step{N}``, ``frac{f}``), each
+                                   with ``ebft_checkpoint.json``: its name, step and the run's total steps
     out_dir/train_log.jsonl        one JSON object per logged step (declared output); non-finite metric
                                    values are written as null (e.g. EBFT's ``ebft/cfm`` with one sample)
     out_dir/adapter/               LoRA runs only (not a declared output): the adapter alone
@@ -23,7 +25,7 @@ Files of one run (``out_dir`` is ``results/runs/{task}/{method}/{variant}/seed{s
         state-step{N}/             accelerate state (model, optimizer, scheduler, RNG) + objective state
                                    (``objective_state_rank{r}.pt``, one per process); under FSDP the
                                    model and optimizer shards are in ``fsdp/`` (DCP), not in accelerate's
-        checkpoints/step{N}/       checkpoints staged here until training finishes
+        checkpoints/{name}/        checkpoints staged here until training finishes
         train_log.jsonl            the live log, truncated to the resumed step on restart
 
 Resume: a restarted run loads ``resume/state`` (when its fingerprint matches) and continues at
@@ -64,11 +66,12 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -93,6 +96,7 @@ from ebft.distributed import (
 )
 from ebft.lora import ADAPTER_DIR, is_peft, save_adapter
 from ebft.modeling import replace_dir, save_pretrained_atomic
+from ebft.paths import CHECKPOINT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +168,16 @@ def _digest(obj: Any) -> str:
 
 
 #: :class:`TrainConfig` fields added after resume states were first written: left out of the fingerprint
-#: while unset (None), so the states of runs that do not use them stay valid.
-LATER_TRAIN_FIELDS: tuple[str, ...] = ("lora", "distributed")
+#: while at their defaults (unset), so the states of runs that do not use them stay valid.
+LATER_TRAIN_FIELDS: tuple[str, ...] = ("lora", "distributed", "checkpoint_fractions", "checkpoint_log_count",
+                                       "checkpoint_log_first")
 
 
 def fingerprint_parts(cfg: TrainConfig, extra: dict[str, Any]) -> dict[str, str]:
     """Hash of each :data:`FINGERPRINT_PARTS` entry: what must match for a resume state to be reused."""
     rest = {k: v for k, v in extra.items() if k not in FINGERPRINT_PARTS}
-    train = {k: v for k, v in asdict(cfg).items() if not (k in LATER_TRAIN_FIELDS and v is None)}
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    train = {k: v for k, v in asdict(cfg).items() if not (k in LATER_TRAIN_FIELDS and v == defaults[k])}
     return {"config": _digest({"train": train, "extra": rest}),
             **{part: _digest(extra.get(part)) for part in FINGERPRINT_PARTS if part != "config"}}
 
@@ -261,13 +267,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ helpers
     def total_steps(self, num_examples: int, updates_per_batch: int = 1) -> int:
-        """Optimizer steps: ``max_steps``, else ``epochs`` passes over the data (``E`` steps per batch)."""
-        if self.cfg.max_steps is not None:
-            return self.cfg.max_steps
-        per_epoch = num_examples // self.cfg.batch_size
-        if per_epoch == 0:
-            raise ValueError(f"{num_examples} training examples are fewer than one batch of {self.cfg.batch_size}")
-        return max(1, int(math.floor(per_epoch * self.cfg.epochs)) * updates_per_batch)
+        """Optimizer steps: ``max_steps``, else ``epochs`` passes over the data (:meth:`TrainConfig.total_steps`)."""
+        return self.cfg.total_steps(num_examples, updates_per_batch)
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
         cfg = self.cfg
@@ -423,8 +424,9 @@ class Trainer:
         if len(dataset) < cfg.batch_size:
             raise ValueError(f"{len(dataset)} training examples are fewer than one batch of {cfg.batch_size}")
         total = self.total_steps(len(dataset), reuse)
-        if any(s > total for s in cfg.checkpoint_steps):
-            raise ValueError(f"checkpoint_steps {list(cfg.checkpoint_steps)} exceed the {total} training steps")
+        saves: dict[int, list[str]] = {}  # optimizer step -> the checkpoint names saved after it
+        for name, at in cfg.checkpoint_plan(total).items():
+            saves.setdefault(at, []).append(name)
 
         shard = cfg.sharded and acc.num_processes > 1
         if shard:  # before the optimizer: it must hold the sharded parameters
@@ -533,9 +535,10 @@ class Trainer:
                     self._write_log(record)
                     self._track(record)
                     bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in reduced.items() if k == "train/loss"})
-                if step in cfg.checkpoint_steps:
-                    self._save_checkpoint(model, tokenizer, self.resume_dir / "checkpoints" / f"step{step}")
-                due = step % cfg.resume_every == 0 or step in cfg.checkpoint_steps or step == stop_after_step
+                for name in saves.get(step, []):
+                    self._save_checkpoint(model, tokenizer, self.resume_dir / "checkpoints" / name,
+                                          {"name": name, "step": step, "total_steps": total})
+                due = step % cfg.resume_every == 0 or step in saves or step == stop_after_step
                 if due and step < total:
                     self._save_state(step, *((epoch, consumed) if step % reuse == 0 else group_start), objective)
                 if stop_after_step is not None and step >= stop_after_step and step < total:
@@ -545,15 +548,18 @@ class Trainer:
             return self._finish(model, tokenizer, total, time.time() - t0)
 
     # ------------------------------------------------------------------------------------------ outputs
-    def _save_checkpoint(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, path: Path) -> None:
+    def _save_checkpoint(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, path: Path,
+                         meta: dict[str, Any] | None = None) -> None:
+        """Write the model (+ tokenizer) to ``path`` as a plain HF model; ``meta`` (a checkpoint's name, step and
+        the run's total steps) goes into it as :data:`ebft.paths.CHECKPOINT_META`."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if is_sharded(model):  # gathered on every process, written by the main one as a plain HF model
             state = full_state_dict(model)
             if acc.is_main_process:
-                save_pretrained_atomic(plain_model(model, state), tokenizer, path)
+                save_pretrained_atomic(plain_model(model, state), tokenizer, path, meta)
         elif acc.is_main_process:
-            save_pretrained_atomic(acc.unwrap_model(model), tokenizer, path)
+            save_pretrained_atomic(acc.unwrap_model(model), tokenizer, path, meta)
         acc.wait_for_everyone()
 
     def _finish(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None, total: int,
@@ -565,7 +571,8 @@ class Trainer:
             if is_peft(unwrapped):
                 save_adapter(unwrapped, self.out_dir / ADAPTER_DIR)
             self._write_log({"event": "end", "step": total})
-            for staged in sorted((self.resume_dir / "checkpoints").glob("step*")):
+            staged_dirs = (self.resume_dir / "checkpoints").glob("*")
+            for staged in sorted(d for d in staged_dirs if re.fullmatch(CHECKPOINT_NAME, d.name)):
                 dst = self.out_dir / "checkpoints" / staged.name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 replace_dir(staged, dst)

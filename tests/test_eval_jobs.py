@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import ebft.modeling
+from ebft import paths
 from ebft.config import eval_plan, eval_rules, run_grid
 from ebft.data.jsonl import write_jsonl
 from ebft.data.prepare import prepare_task
@@ -133,7 +134,9 @@ def test_families_group_the_cheap_metrics_and_the_rules_cover_the_plan_once():
     cfg = load("config.yaml")
     cfg["evaluation"]["cfm_by_length"]["gen_lens"] = []
     assert [(r.name, r.groups, r.ckpt) for r in eval_rules(cfg)][0] == ("eval_validation", ("ce", "cfm"),
-                                                                       r"final|step\d+")
+                                                                       paths.CKPT)
+    assert re.fullmatch(paths.CKPT, "final") and re.fullmatch(paths.CKPT, "frac0.0136")
+    assert not re.fullmatch(paths.CHECKPOINT_NAME, "final")
     assert set(EVALUATIONS) == {g for groups in FAMILIES.values() for g in groups}
 
 

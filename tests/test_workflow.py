@@ -139,7 +139,8 @@ def micro_config() -> dict:
     cfg["methods"]["sft"]["defaults"].update(max_steps=6, batch_size=4, micro_batch_size=4,
                                              checkpoint_steps=[3], resume_every=2, log_every=1)
     cfg["methods"]["ebft"]["defaults"].update(max_steps=2, batch_size=2, micro_batch_size=2, num_samples=2,
-                                              checkpoint_steps=[1], resume_every=1, log_every=1)
+                                              checkpoint_steps=[], checkpoint_fractions=[0.5], resume_every=1,
+                                              log_every=1)
     cfg["methods"]["rlvr"]["defaults"].update(max_steps=2, batch_size=2, micro_batch_size=2, num_samples=2,
                                               max_new_tokens=8, checkpoint_steps=[1], resume_every=1, log_every=1)
     ev = cfg["evaluation"]
@@ -186,6 +187,12 @@ def test_micro_pipeline_end_to_end_builds_report(micro):
         assert result["step"] == 3 and result["metrics"]["eval/ce"] > 0
         by_length = json.loads((micro / f"results/eval/{task}/sft/default/seed0/final/cfm_by_length.json").read_text())
         assert {"eval/cfm_len8", "eval/cfm_len16"} <= set(by_length["metrics"])
+        # EBFT's checkpoint is half of the run (frac0.5): step 1 of 2, recorded in the checkpoint and the plan
+        half = json.loads((micro / f"results/eval/{task}/ebft/default/seed0/frac0.5/ce.json").read_text())
+        assert half["step"] == 1 and half["train_step"] == 1
+        plan = json.loads((micro / f"results/plan/{task}.json").read_text())
+        assert {"method": "ebft", "variant": "default", "total_steps": 2, "checkpoints": {"frac0.5": 1}}.items() \
+            <= next(r for r in plan["runs"] if r["method"] == "ebft" and r["variant"] == "default").items()
         cfm = json.loads((micro / f"results/eval/{task}/ebft/sft/seed0/final/cfm.json").read_text())
         assert cfm["details"]["blocks"] > 0 and cfm["model"].endswith("ebft/sft/seed0/model")
     he = json.loads((micro / "results/eval/code_qa/rlvr/default/seed0/final/humaneval.json").read_text())

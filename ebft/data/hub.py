@@ -20,7 +20,8 @@ values for keys without a column. Derived keys:
   ``unit_tests``) becomes ``def check(candidate):`` with those asserts; a ``check`` function stays as is;
 - ``entry_point`` of ``code_qa``: the function defined in the question or answer that the tests call;
 - translation: ``question``/``answer`` from :func:`ebft.data.translation.format_prompt` / ``format_answer``
-  when missing, ``reference`` from the answer when missing, ``origin`` ``"hub"`` by default.
+  when missing, ``reference`` from the answer when missing, ``source`` (the sentence) from the prompt when
+  missing (:func:`source_from_prompt`), ``origin`` ``"hub"`` by default.
 """
 
 from __future__ import annotations
@@ -142,9 +143,23 @@ def infer_entry_point(question: str, answer: str, test: str) -> str | None:
     return defined[0] if defined else None
 
 
+def source_from_prompt(prompt: str) -> str | None:
+    """The source sentence of a translation prompt that has no column for it: the text after the prompt's
+    first colon up to the next newline, stripped (``"Translate ...\nGerman: Hallo.\nEnglish:"`` ->
+    ``"Hallo."``, the rule the paper's evaluation uses for COMET's source); None when there is none."""
+    _, colon, rest = prompt.partition(":")
+    sentence = rest.split("\n", 1)[0].strip() if colon else ""
+    return sentence or None
+
+
 def _complete_translation(rec: dict[str, Any]) -> None:
-    """Fill prompt, answer, reference and origin of a translation record from what is there."""
+    """Fill prompt, answer, reference, source sentence and origin of a translation record from what is
+    there (the paper's WMT22 rows carry the direction in a column named ``source``: map it to ``lang_pair``)."""
     rec.setdefault("origin", "hub")
+    if "source" not in rec and isinstance(rec.get("question"), str):
+        sentence = source_from_prompt(rec["question"])
+        if sentence is not None:
+            rec["source"] = sentence
     if "reference" not in rec and isinstance(rec.get("answer"), str):
         rec["reference"] = rec["answer"].strip()
     have_langs = all(isinstance(rec.get(k), str) for k in ("src_lang", "tgt_lang", "source"))

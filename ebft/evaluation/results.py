@@ -23,6 +23,7 @@ from typing import Any
 import jsonschema
 
 from ebft.methods import METHODS
+from ebft.paths import CHECKPOINT_META
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -82,11 +83,26 @@ def trained_steps(model: str | Path) -> int | None:
     return None
 
 
+def checkpoint_step(model: str | Path) -> int | None:
+    """The optimizer step a checkpoint was saved at (its :data:`ebft.paths.CHECKPOINT_META`), None for a
+    directory that is not a run's checkpoint (a final or base model)."""
+    meta = Path(model) / CHECKPOINT_META
+    return int(json.loads(meta.read_text())["step"]) if meta.is_file() else None
+
+
 def make_result(
     group: str, meta: dict[str, Any], metrics: dict[str, float | None], *, model: str,
     config: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble a result; ``meta`` carries task, method, variant, seed and step."""
+    """Assemble a result; ``meta`` carries task, method, variant, seed and step (None for a final or base model;
+    a checkpoint named by a fraction of the run, ``checkpoint: frac<f>``, has its step read from the model
+    directory, :func:`checkpoint_step`)."""
+    step = None if meta.get("step") in (None, "final") else int(meta["step"])
+    if step is None and meta.get("checkpoint") not in (None, "final"):
+        step = checkpoint_step(model)
+        if step is None:
+            raise ValueError(f"{model}: checkpoint {meta['checkpoint']!r} has no {CHECKPOINT_META} (not written "
+                             f"by this pipeline's trainer?)")
     result = {
         "schema_version": 1,
         "group": group,
@@ -94,9 +110,8 @@ def make_result(
         "method": meta["method"],
         "variant": meta["variant"],
         "seed": int(meta["seed"]),
-        "step": None if meta.get("step") in (None, "final") else int(meta["step"]),
-        "train_step": (None if meta["method"] == "base" else trained_steps(model)) if meta.get("step") is None
-        else int(meta["step"]),
+        "step": step,
+        "train_step": (None if meta["method"] == "base" else trained_steps(model)) if step is None else step,
         "model": str(model),
         "metrics": _finite(metrics),
         "config": config or {},

@@ -31,6 +31,7 @@ HUB_DATASETS = {
     for t in config["tasks"].values()
     if t["data"]["source"] == "hub"
     for s in [*t["data"]["splits"].values(), *([t["data"]["ood_test"]] if t["data"].get("ood_test") else [])]
+    if not paths.is_local_path(s["path"])  # a local dataset is read in place
 }
 
 
@@ -40,7 +41,7 @@ wildcard_constraints:
     evalmethod="base|" + "|".join(METHODS),
     variant=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     seed=r"\d+",
-    ckpt=r"final|step\d+",
+    ckpt=paths.CKPT,
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     slug=r"[A-Za-z0-9][A-Za-z0-9_.-]*--[A-Za-z0-9_.-]+",
 

@@ -7,25 +7,29 @@ localrules:
     download_comet,
 
 
+def dataset_dir(path):
+    """Where a hub dataset is read: its download directory, or the path itself for a local dataset."""
+    return path if paths.is_local_path(path) else fill(paths.HUB_DATASET, slug=slug(path))
+
+
 def data_spec(task):
     """The task's data section; hub split paths are rewritten to their local download directories."""
     spec = dict(config["tasks"][task]["data"])
     spec.setdefault("kind", config["tasks"][task]["kind"])
     if spec["source"] == "hub":
-        spec["splits"] = {
-            name: {**s, "path": fill(paths.HUB_DATASET, slug=slug(s["path"]))} for name, s in spec["splits"].items()
-        }
+        spec["splits"] = {name: {**s, "path": dataset_dir(s["path"])} for name, s in spec["splits"].items()}
         if spec.get("ood_test"):
-            spec["ood_test"] = {**spec["ood_test"], "path": fill(paths.HUB_DATASET, slug=slug(spec["ood_test"]["path"]))}
+            spec["ood_test"] = {**spec["ood_test"], "path": dataset_dir(spec["ood_test"]["path"])}
     return spec
 
 
 def data_inputs(wildcards):
+    """The downloaded (or local, possibly rule-written) datasets of a hub task."""
     spec = config["tasks"][wildcards.task]["data"]
     if spec["source"] != "hub":
         return []
     extra = [spec["ood_test"]] if spec.get("ood_test") else []
-    return sorted({fill(paths.HUB_DATASET, slug=slug(s["path"])) for s in [*spec["splits"].values(), *extra]})
+    return sorted({dataset_dir(s["path"]) for s in [*spec["splits"].values(), *extra]})
 
 
 rule prepare_data:

@@ -23,9 +23,10 @@ def eval_model_path(wildcards, input):
 
 
 def eval_meta(wildcards):
-    step = None if wildcards.ckpt == "final" else int(wildcards.ckpt[4:])
+    """The result's identity; a checkpoint named by a fraction of the run gets its step from its directory."""
+    step = int(wildcards.ckpt[4:]) if wildcards.ckpt.startswith("step") else None
     return as_json({"task": wildcards.task, "method": wildcards.evalmethod, "variant": wildcards.variant,
-                    "seed": int(wildcards.seed), "step": step})
+                    "seed": int(wildcards.seed), "step": step, "checkpoint": wildcards.ckpt})
 
 
 def eval_inputs(groups):

@@ -1,15 +1,41 @@
 # Fine-tuning: one rule per registered method (train_sft, train_rlvr, train_ebft, ...), wildcards
 # {task}/{variant}/seed{seed}. Resume state lives in <run>/resume/ (not a declared output), so
-# `--rerun-incomplete` after a crash continues where the job stopped.
+# `--rerun-incomplete` after a crash continues where the job stopped. Before any of them, plan_runs checks
+# every run of the task against its data and models (ebft/plan.py).
 
 import shlex
 
-from ebft.config import tracking_spec
+from ebft.config import plan_models, plan_spec, tracking_spec
+
+
+rule plan_runs:
+    # a CPU job per task: training sizes vs batch sizes, checkpoints resolved to steps, positions and
+    # vocabularies of the models; fails naming the key before any training job of the task starts
+    input:
+        data=fill(paths.DATA_SPLIT, split="train"),
+        models=lambda wildcards: [model_dir(k) for k in plan_models(plan_spec(config, wildcards.task))],
+    output:
+        paths.RUN_PLAN,
+    params:
+        spec=lambda wildcards: as_json(plan_spec(config, wildcards.task)),
+        models=lambda wildcards: " ".join(f"--model {k}={model_dir(k)}"
+                                          for k in plan_models(plan_spec(config, wildcards.task))),
+        data=lambda wildcards: fill(paths.DATA_DIR, task=wildcards.task),
+    log:
+        job_files("plan_runs", "{task}")["log"],
+    benchmark:
+        job_files("plan_runs", "{task}")["benchmark"]
+    conda:
+        ENV
+    shell:
+        "ebft plan --spec {params.spec:q} --data {params.data} {params.models} --out {output} > {log} 2>&1"
 
 
 def train_inputs(method):
     def _inputs(wildcards):
-        inputs = {"init": init_model(method)(wildcards), "data": fill(paths.DATA_SPLIT, task=wildcards.task, split="train")}
+        inputs = {"init": init_model(method)(wildcards), "data": fill(paths.DATA_SPLIT, task=wildcards.task, split="train"),
+                  # ancient: a plan rewritten after a config edit (a new variant, say) retrains nothing
+                  "plan": ancient(fill(paths.RUN_PLAN, task=wildcards.task))}
         if REGISTRY[method].feature_network:
             inputs["features"] = feature_model_dir(wildcards.task, wildcards.variant, method)
         return inputs

@@ -1,0 +1,84 @@
+"""Write a prepared task as a hub-format dataset: the paper datasets' column names, one parquet file per split.
+
+The rehearsal config (``config/rehearsal.yaml``) reads its generated tasks back through the hub loader
+(:mod:`ebft.data.hub`, ``source: hub`` with a local path), exactly as the paper config reads the downloaded
+datasets, so column mapping, unit-test normalisation, entry-point inference and the translation direction
+column are exercised offline. Columns per kind (those of the paper's datasets):
+
+==============  ===========================================================================================
+``code_qa``     ``question``, ``answer``, ``unit_tests`` (a string holding a list of ``assert`` statements
+                that call the function by name, as in OpenCodeInstruct)
+``unstructured`` ``question`` (empty), ``answer`` (the document)
+``translation`` ``question`` (the prompt), ``answer`` (the completion), ``source`` (the direction,
+                ``"de-en"``, as in the paper's WMT22 test data; the loader maps it to ``lang_pair`` and
+                takes the source sentence from the prompt)
+==============  ===========================================================================================
+
+Files: ``<out>/train.parquet``, ``<out>/validation.parquet``, ``<out>/test.parquet`` (``datasets`` names the
+splits after the files), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ebft.data.jsonl import read_split
+
+#: prepared split -> hub split name (``datasets`` infers it from the file name)
+HUB_SPLITS: dict[str, str] = {"train": "train", "valid": "validation", "test": "test"}
+
+#: record kind -> the hub columns it is written with (and the ``columns`` mapping that reads them back)
+HUB_COLUMNS: dict[str, dict[str, str]] = {
+    "code_qa": {"question": "question", "answer": "answer", "test": "unit_tests"},
+    "unstructured": {"question": "question", "answer": "answer"},
+    "translation": {"question": "question", "answer": "answer", "lang_pair": "source"},
+}
+
+
+def unit_test_list(test: str, entry_point: str) -> str:
+    """The ``assert`` lines of a ``def check(candidate):`` test, calling ``entry_point`` by name, as the
+    string of a Python list (OpenCodeInstruct's ``unit_tests`` format)."""
+    asserts = [line.strip().replace("candidate(", f"{entry_point}(") for line in test.splitlines()
+               if line.strip().startswith("assert ")]
+    if not asserts:
+        raise ValueError(f"no assert statements in the test of {entry_point!r}")
+    return json.dumps(asserts)
+
+
+def hub_row(rec: dict[str, Any], kind: str) -> dict[str, str]:
+    """One record as a row with the paper dataset's columns (:data:`HUB_COLUMNS`)."""
+    if kind == "code_qa":
+        return {"question": rec["question"], "answer": rec["answer"],
+                "unit_tests": unit_test_list(rec["test"], rec["entry_point"])}
+    if kind == "unstructured":
+        return {"question": rec.get("question", ""), "answer": rec["answer"]}
+    if kind == "translation":
+        return {"question": rec["question"], "answer": rec["answer"],
+                "source": f"{rec['src_lang']}-{rec['tgt_lang']}"}
+    raise ValueError(f"no hub format for records of kind {kind!r} (have: {', '.join(HUB_COLUMNS)})")
+
+
+def export_hub_format(data_dir: str | Path, kind: str, out: str | Path) -> dict[str, int]:
+    """Write ``<data_dir>/{train,valid,test}.jsonl`` (records of ``kind``) as parquet files under ``out``;
+    returns the row count per hub split."""
+    import pandas as pd
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split, hub_split in HUB_SPLITS.items():
+        rows = [hub_row(r, kind) for r in read_split(Path(data_dir) / f"{split}.jsonl", kind)]
+        fd, tmp = tempfile.mkstemp(prefix=f".{hub_split}.", suffix=".parquet", dir=out)
+        os.close(fd)
+        try:
+            pd.DataFrame(rows).to_parquet(tmp, index=False)
+            os.replace(tmp, out / f"{hub_split}.parquet")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        counts[hub_split] = len(rows)
+    return counts
