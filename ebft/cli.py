@@ -40,10 +40,10 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
 
 
 def cmd_export_hub_data(args: argparse.Namespace) -> None:
-    from ebft.data.export import export_hub_format
+    from ebft.data.export import export_generated
 
-    counts = export_hub_format(args.data, args.kind, args.out)
-    log.info("wrote %s as hub-format parquet to %s: %s", args.data, args.out, counts)
+    counts = export_generated(args.name, args.spec, args.out)
+    log.info("wrote hub_data.%s as hub-format parquet to %s: %s", args.name, args.out, counts)
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
@@ -180,10 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", required=True, help="task name (a key of config `tasks`)")
     s.set_defaults(func=cmd_prepare_data)
 
-    s = sub.add_parser("export-hub-data", parents=[out],
-                       help="write a prepared task as a hub-format parquet dataset (the paper datasets' columns)")
-    s.add_argument("--data", required=True, help="task data directory with {train,valid,test}.jsonl")
-    s.add_argument("--kind", required=True, help="the records' kind (code_qa, unstructured, translation)")
+    s = sub.add_parser("export-hub-data", parents=[spec, out],
+                       help="generate a dataset offline and write it in hub format (the paper datasets' columns); "
+                            "--spec: the `hub_data.<name>` section")
+    s.add_argument("--name", required=True, help="the dataset's key in `hub_data`")
     s.set_defaults(func=cmd_export_hub_data)
 
     s = sub.add_parser("train-tokenizer", parents=[out], help="train the tiny default's byte-level BPE tokenizer")

@@ -92,6 +92,26 @@ def truncate_completion(text: str, kind: str) -> str:
     return text
 
 
+#: the user message that asks an instruction-tuned model for a code completion (``chat=True``): the prompt
+#: (a function header and docstring) inside a Python code block; the answer is graded as its fenced block
+CODE_INSTRUCTION = "Complete this Python function. Answer with the whole function in a Python code block.\n"
+
+
+def chat_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], kind: str) -> list[str]:
+    """``prompts`` as user turns of the tokenizer's chat template, each followed by the assistant's header
+    (``add_generation_prompt``). Code prompts are wrapped as :data:`CODE_INSTRUCTION` plus a fenced block;
+    other prompts are sent as they are. For instruction-tuned models, whose raw continuation of a bare
+    function header is prose; the paper's base models complete raw prompts (``chat=False``)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat_template: true, but the tokenizer has no chat template (a base model?)")
+
+    def message(prompt: str) -> str:
+        return f"{CODE_INSTRUCTION}```python\n{prompt}```" if kind in CODE_KINDS else prompt
+
+    return [tokenizer.apply_chat_template([{"role": "user", "content": message(p)}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
 @dataclass
 class Generations:
     """``n`` completions per prompt, prompt-major (row ``i * n + j`` is sample ``j`` of prompt ``i``)."""
@@ -140,6 +160,7 @@ def generate(
     max_length: int | None = None,
     stop_when_graded: bool = False,
     device: torch.device | None = None,
+    chat: bool = False,
 ) -> Generations:
     """Complete every prompt ``num_samples`` times (see the module docstring).
 
@@ -147,9 +168,13 @@ def generate(
     prompts keep their last ``max_length - max_new_tokens`` tokens. ``stop_when_graded``: stop each row once
     its truncated completion is final (``texts`` unchanged; ``completion_ids`` padded after the stop).
     ``device``: where the prompts go (default: the device of the model's first parameter; give the compute
-    device when parameters live elsewhere, e.g. offloaded to the CPU by FSDP).
+    device when parameters live elsewhere, e.g. offloaded to the CPU by FSDP). ``chat``: send each prompt as a
+    user turn of the tokenizer's chat template (:func:`chat_prompts`; ``prompt_ids`` are then the templated
+    prompts).
     """
     device = device or next(model.parameters()).device
+    if chat:
+        prompts = chat_prompts(tokenizer, prompts, kind)
     limit = max_length or getattr(model.config, "max_position_embeddings", None)
     trunc = {} if limit is None else {"truncation": True, "max_length": max(1, limit - max_new_tokens)}
     side = tokenizer.truncation_side

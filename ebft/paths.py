@@ -29,6 +29,7 @@ HUB_DATASET = RESOURCES + "/datasets/{slug}"
 HUB_COMET = RESOURCES + "/comet/{slug}"
 GGUF_MODEL = RESOURCES + "/gguf/{model}"  #: a config model of ``source: gguf`` converted to an HF directory
 COMET_TINY = "results/models/comet-tiny"
+HUB_DATA = "results/hub_data/{name}"  #: a ``hub_data`` dataset generated offline in hub format (rule export_hub_data)
 
 # training runs: one directory per (task, method, variant, seed)
 RUN = "results/runs/{task}/{method}/{variant}/seed{seed}"

@@ -218,7 +218,7 @@ GENERATORS = {"code_qa": ("synthetic_code_qa", "code_qa"), "code_unstructured": 
 
 def _hub_datasets(root: Path, train_rows: int) -> dict[str, Path]:
     """Each paper task's generated data written in the paper datasets' format (ebft.data.export)."""
-    from ebft.data.export import export_hub_format
+    from ebft.data.export import export_prepared
 
     out = {}
     for task, (source, kind) in GENERATORS.items():
@@ -226,7 +226,7 @@ def _hub_datasets(root: Path, train_rows: int) -> dict[str, Path]:
         prepare_task(task, {"source": source, "seed": 0, "sizes": {"train": train_rows, "valid": 30, "test": 30}},
                      prepared)
         out[task] = root / "hub" / task
-        export_hub_format(prepared, kind, out[task])
+        export_prepared(prepared, kind, out[task])
     return out
 
 

@@ -14,6 +14,9 @@ column are exercised offline. Columns per kind (those of the paper's datasets):
                 takes the source sentence from the prompt)
 ==============  ===========================================================================================
 
+Rule ``export_hub_data`` writes each ``hub_data.<name>`` section of a config (an offline generator's data
+section) to ``results/hub_data/<name>`` (:func:`export_generated`).
+
 Files: ``<out>/train.parquet``, ``<out>/validation.parquet``, ``<out>/test.parquet`` (``datasets`` names the
 splits after the files), written atomically.
 """
@@ -62,8 +65,8 @@ def hub_row(rec: dict[str, Any], kind: str) -> dict[str, str]:
     raise ValueError(f"no hub format for records of kind {kind!r} (have: {', '.join(HUB_COLUMNS)})")
 
 
-def export_hub_format(data_dir: str | Path, kind: str, out: str | Path) -> dict[str, int]:
-    """Write ``<data_dir>/{train,valid,test}.jsonl`` (records of ``kind``) as parquet files under ``out``;
+def write_hub_format(splits: dict[str, list[dict[str, Any]]], kind: str, out: str | Path) -> dict[str, int]:
+    """Write ``{train, valid, test: [record, ...]}`` (records of ``kind``) as parquet files under ``out``;
     returns the row count per hub split."""
     import pandas as pd
 
@@ -71,7 +74,7 @@ def export_hub_format(data_dir: str | Path, kind: str, out: str | Path) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, hub_split in HUB_SPLITS.items():
-        rows = [hub_row(r, kind) for r in read_split(Path(data_dir) / f"{split}.jsonl", kind)]
+        rows = [hub_row(r, kind) for r in splits[split]]
         fd, tmp = tempfile.mkstemp(prefix=f".{hub_split}.", suffix=".parquet", dir=out)
         os.close(fd)
         try:
@@ -82,3 +85,23 @@ def export_hub_format(data_dir: str | Path, kind: str, out: str | Path) -> dict[
                 os.unlink(tmp)
         counts[hub_split] = len(rows)
     return counts
+
+
+def export_prepared(data_dir: str | Path, kind: str, out: str | Path) -> dict[str, int]:
+    """A prepared task (``<data_dir>/{train,valid,test}.jsonl``) in hub format under ``out``."""
+    return write_hub_format({s: read_split(Path(data_dir) / f"{s}.jsonl", kind) for s in HUB_SPLITS}, kind, out)
+
+
+def export_generated(name: str, data_cfg: dict[str, Any], out: str | Path) -> dict[str, int]:
+    """Generate a dataset with an offline generator (``data_cfg``: a task ``data`` section with a generator
+    ``source``, the ``hub_data.<name>`` section of the config), validate it and write it in hub format."""
+    from ebft.data.prepare import SOURCE_KINDS, build_splits
+    from ebft.data.records import validate_records
+
+    if SOURCE_KINDS.get(data_cfg.get("source")) is None:
+        raise ValueError(f"hub_data.{name}.source: {data_cfg.get('source')!r} is not an offline generator "
+                         f"(have: {', '.join(k for k, v in SOURCE_KINDS.items() if v)})")
+    kind, splits = build_splits(name, data_cfg)
+    for split in HUB_SPLITS:
+        validate_records(splits[split], kind, where=f"hub_data.{name}/{split}")
+    return write_hub_format(splits, kind, out)

@@ -182,7 +182,7 @@ def run_translation(job: EvalJob, loaded: Loaded | None = None) -> None:
     t0 = time.time()
     outs = generate_batched(model, tok, [r["question"] for r in records], kind="translation", num_samples=1,
                             temperature=0.0, max_new_tokens=spec.get("max_new_tokens", 64),
-                            batch_size=spec.get("batch_size", 32))
+                            batch_size=spec.get("batch_size", 32), chat=spec.get("chat_template", False))
     hyps = [o[0] for o in outs]
     comet = job.comet_model or None
     metrics, details = evaluate_translation(records, hyps, comet_model=comet,
@@ -207,17 +207,20 @@ def _run_code(job: EvalJob, loaded: Loaded, problems: dict[str, dict[str, Any]],
     ids = list(problems)
     prompts = [problems[t]["prompt"] for t in ids]
     common = {"kind": "code_qa", "max_new_tokens": spec.get("max_new_tokens", 128),
-              "batch_size": spec.get("batch_size", 16), "seed": spec.get("seed", 0)}
+              "batch_size": spec.get("batch_size", 16), "seed": spec.get("seed", 0),
+              "chat": spec.get("chat_template", False)}
     score = {"timeout_s": spec.get("timeout_s", 10.0), "workers": spec.get("workers", 2), "cache": {}}
     t0 = time.time()
     greedy = generate_batched(model, tok, prompts, num_samples=1, temperature=0.0, **common)
     greedy_res = score_samples([{"task_id": t, "completion": c[0]} for t, c in zip(ids, greedy, strict=True)],
                                problems, ks=[1], **score)
-    n = spec.get("num_samples", 16)
-    sampled = generate_batched(model, tok, prompts, num_samples=n, temperature=spec.get("temperature", 0.6),
-                               top_p=spec.get("top_p", 0.95), **common)
-    samples = [{"task_id": t, "completion": c} for t, cs in zip(ids, sampled, strict=True) for c in cs]
-    sampled_res = score_samples(samples, problems, ks=spec.get("ks", [1, n]), **score)
+    n = spec.get("num_samples", 16)  # 0: greedy only
+    sampled_res: dict[str, Any] = {"per_task": {}}
+    if n > 0:
+        sampled = generate_batched(model, tok, prompts, num_samples=n, temperature=spec.get("temperature", 0.6),
+                                   top_p=spec.get("top_p", 0.95), **common)
+        samples = [{"task_id": t, "completion": c} for t, cs in zip(ids, sampled, strict=True) for c in cs]
+        sampled_res = score_samples(samples, problems, ks=spec.get("ks", [1, n]), **score)
     metrics = {f"eval/{group}_greedy": greedy_res["pass@1"]}
     metrics.update({f"eval/{group}_{k}": v for k, v in sampled_res.items() if k.startswith("pass@")})
     log.info("%s of %s on %d problems in %.1fs: %s", group, job.model, len(ids), time.time() - t0, metrics)

@@ -25,6 +25,8 @@ class RLVRConfig(SamplingConfig):
 
     ``reward``: ``None`` takes the task kind's default (:data:`ebft.methods.REGISTRY` ``rlvr.rewards``).
     ``sandbox_timeout_s``: wall-clock limit of one sandboxed unit-test program (code rewards).
+    ``chat_template``: sample from the prompts as user turns of the tokenizer's chat template
+    (:func:`ebft.generation.chat_prompts`; instruction-tuned models), as the evaluation does with the same key.
     """
 
     max_new_tokens: int = 128
@@ -33,6 +35,7 @@ class RLVRConfig(SamplingConfig):
     clip_eps: float = 0.2
     reward: str | None = None
     sandbox_timeout_s: float = 5.0
+    chat_template: bool = False
 
     def check(self) -> None:
         super().check()
@@ -147,7 +150,7 @@ class RLVRObjective:
         gens = generate(model, self.tokenizer, [r["question"] for r in records], kind=self.kind,
                         num_samples=self.n, temperature=self.temperature, top_p=self.top_p,
                         max_new_tokens=self.max_new_tokens, seed=rollout_seed(self.seed, group_step, micro),
-                        device=self.device(model))
+                        device=self.device(model), chat=self.config.chat_template)
         expanded = [r for r in records for _ in range(self.n)]
         rewards = self.reward_fn(expanded, gens.texts).float().view(len(records), self.n)
         adv = self.advantages(rewards).reshape(-1, 1).to(gens.completion_ids.device)  # [b*n, 1]

@@ -66,3 +66,22 @@ rule download_dataset:
         ENV
     shell:
         "ebft download dataset --repo-id {params.repo_id} --revision {params.revision} --out {output} > {log} 2>&1"
+
+
+rule export_hub_data:
+    # config/rehearsal.yaml: generated tasks written as hub datasets (the paper datasets' columns), so that
+    # its tasks go through the hub loader as the paper config's do
+    output:
+        directory(paths.HUB_DATA),
+    wildcard_constraints:
+        name="|".join(config.get("hub_data") or {}) or "(?!)",
+    params:
+        spec=lambda wildcards: as_json(config["hub_data"][wildcards.name]),
+    log:
+        job_files("export_hub_data", "{name}")["log"],
+    benchmark:
+        job_files("export_hub_data", "{name}")["benchmark"]
+    conda:
+        ENV
+    shell:
+        "ebft export-hub-data --name {wildcards.name} --spec {params.spec:q} --out {output} > {log} 2>&1"
