@@ -62,6 +62,7 @@ FIGURE_TITLES = {
     "cfm_by_length": "CFM vs completion length",
     "training_curves": "metrics over training",
     "ablation": "EBFT ablation bars",
+    "training_logs": "training logs (loss, rewards)",
 }
 OVERVIEW_ONLY = ("validation_ce",)
 TASK_FIGURES = tuple(name for name in FIGURE_TITLES if name not in OVERVIEW_ONLY)

@@ -4,6 +4,7 @@ the data and an all-zero panel says so."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -243,3 +244,26 @@ def test_all_nan_panel_says_so(tmp_path):
     assert figures.degenerate_note([0.0, 0.0], "eval/bleu") == "all values are 0"
     assert figures.degenerate_note([0.0, 0.1], "eval/humaneval_greedy") is None
     assert figures.degenerate_note([], "eval/ce") is None
+
+
+def test_training_logs_figure_draws_the_logged_rewards(tmp_path):
+    """RLVR's reward over training, as its train_log.jsonl has it, is a panel of the training-log figure."""
+    from ebft.report.figures import draw_train_logs
+    from ebft.report.frames import load_train_logs
+
+    logs = []
+    runs = (("rlvr", "rlvr/reward_mean", [0.25, 0.5, 0.75]), ("sft", "train/loss", [3.0, 2.0, 1.5]))
+    for method, key, values in runs:
+        path = tmp_path / "code_qa" / method / "default" / "seed0" / "train_log.jsonl"
+        path.parent.mkdir(parents=True)
+        records = [{"event": "start", "step": 0}, *({"step": i + 1, key: v, "train/loss": 1.0 + i}
+                                                   for i, v in enumerate(values)), {"event": "end", "step": 3}]
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        logs.append(path)
+    frame = load_train_logs(logs)
+    fig = draw_train_logs(frame, "code_qa")
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"train/loss", "rlvr/reward_mean"}
+    (line,) = panels["rlvr/reward_mean"].get_lines()
+    assert list(line.get_ydata()) == [0.25, 0.5, 0.75] and list(line.get_xdata()) == pytest.approx([1 / 3, 2 / 3, 1])
+    assert "(3 steps)" in line.get_label()

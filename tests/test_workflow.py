@@ -17,6 +17,7 @@ import yaml
 
 from ebft.config import base_models, eval_plan, eval_rules, run_grid
 from ebft.methods import METHODS
+from ebft.paths import is_local_path
 from tests.helpers import HANG_GUARD_S, run_guarded, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,13 @@ def expected_counts(cfg: dict) -> Counter:
     pretrained = {m for t in tasks for m in base_models(cfg, t, runs) if cfg["models"][m]["source"] == "pretrain"}
     datasets = {s["path"] for t in cfg["tasks"].values() if t["data"]["source"] == "hub"
                 for s in t["data"]["splits"].values()}
-    counts = Counter({"prepare_data": len(tasks), "aggregate": 1, "all": 1})
+    local = {p for p in datasets if is_local_path(p)}
+    counts = Counter({"prepare_data": len(tasks), "aggregate": 1, "all": 1,
+                      "plan_runs": len({r.task for r in runs}),  # one per task with runs, before its training
+                      "export_hub_data": len({p for p in local if p.startswith("results/hub_data/")}),
+                      "convert_gguf": len({m for t in tasks for m in base_models(cfg, t, runs)
+                                           if cfg["models"][m]["source"] == "gguf"})})
+    datasets -= local
     rules = eval_rules(cfg)  # one job per model and family: count (rule, model) pairs
     counts.update(rule for rule, *_ in {
         (next(r.name for r in rules if job.group in r.groups and re.fullmatch(r.ckpt, job.ckpt)),

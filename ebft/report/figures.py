@@ -31,6 +31,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from ebft import paths  # noqa: E402
 from ebft.report.frames import (  # noqa: E402
     DOWNSTREAM,
+    LOG_METRICS,
     METHOD_COLOURS,
     accuracy_metric,
     base_model_key,
@@ -352,6 +353,44 @@ def curves_figure(frame: pd.DataFrame, out: Path, task: str | None = None, meta:
     _save(draw_curves(frame, task, meta), out)
 
 
+def draw_train_logs(logs: pd.DataFrame, task: str | None = None, meta: dict | None = None) -> Figure:
+    """The training logs over training (:func:`ebft.report.frames.load_train_logs`): the training loss of every
+    run, RLVR's reward and pass rate, EBFT's reward and CFM estimate on its rollouts; rows = tasks, columns =
+    metrics; one line per (method, variant), mean over seeds, x = the fraction of the run (the legend names
+    the step counts)."""
+    tasks = sorted(logs["task"].unique()) if not logs.empty else []
+    metrics = [m for m in LOG_METRICS if not logs.empty and m in set(logs["metric"])]
+    if not tasks or not metrics:
+        return draw_placeholder(f"{task or 'all tasks'}: no training logs")
+    fig, axes = _new(len(tasks), len(metrics), (3.4 * len(metrics) + 2.4, 2.6 * len(tasks)))
+    for i, t in enumerate(tasks):
+        sub = logs[logs["task"] == t]
+        names = row_names(sorted({(str(m), str(v)) for m, v in zip(sub["method"], sub["variant"], strict=True)}),
+                          t, meta)
+        for j, metric in enumerate(metrics):
+            ax, rows = axes[i][j], sub[sub["metric"] == metric]
+            for (method, variant), g in rows.groupby(["method", "variant"]):
+                last = g.groupby("seed")["step"].max()
+                curve = g.groupby("step")["value"].mean()
+                steps = int(last.max())
+                ax.plot(curve.index / steps, curve.to_numpy(), color=_colour(method), linestyle=_style(method, variant),
+                        marker="." if len(curve) < 30 else None,
+                        label=f"{names.get((method, variant), f'{method}/{variant}')} ({steps} steps)")
+            if rows.empty:
+                ax.text(0.5, 0.5, "not logged by these runs", transform=ax.transAxes, ha="center", fontsize=FONT)
+            _note(ax, rows["value"].tolist(), metric)
+            ax.set_title(f"{t}: {metric}" if len(tasks) > 1 else metric, fontsize=9)
+            ax.set_xlabel("fraction of the run", fontsize=8)
+            ax.set_xlim(-0.04, 1.04)
+    figure_legend(fig)
+    return fig
+
+
+def train_logs_figure(logs: pd.DataFrame, out: Path, task: str | None = None, meta: dict | None = None) -> None:
+    """Write :func:`draw_train_logs` to ``out``."""
+    _save(draw_train_logs(logs, task, meta), out)
+
+
 def _trajectory(frame: pd.DataFrame, metric: str) -> pd.Series:
     """Mean over seeds of ``metric`` by train_step (final models included at their last step)."""
     return frame[frame["metric"] == metric].dropna(subset=["train_step"]).groupby("train_step")["value"].mean()
@@ -484,9 +523,12 @@ def run_figure(frame: pd.DataFrame, out: Path, method: str, variant: str, seed: 
 
 
 def write_figures(frame: pd.DataFrame, figures_dir: Path, tasks: list[str], meta: dict | None,
-                  numbers: dict, config_name: str = "") -> None:
+                  numbers: dict, config_name: str = "", logs: pd.DataFrame | None = None) -> None:
     """Write the combined figures in ``figures_dir`` and the per-task figures (with one figure per run) in
-    ``figures_dir/{task}/``; ``numbers`` (the paper's, drawn in the paper config only) may be empty."""
+    ``figures_dir/{task}/``; ``numbers`` (the paper's, drawn in the paper config only) may be empty;
+    ``logs``: the runs' training logs (:func:`ebft.report.frames.load_train_logs`)."""
+    logs = logs if logs is not None else pd.DataFrame(columns=["task", "method", "variant", "seed", "step",
+                                                               "metric", "value"])
     paper = numbers if config_name == "paper" else None
     accuracy = accuracy_metric(frame, config_name)
     draw = {  # figure name (ebft.paths.FIGURE_TITLES) -> drawing of (frame, file, task or None)
@@ -495,6 +537,8 @@ def write_figures(frame: pd.DataFrame, figures_dir: Path, tasks: list[str], meta
         "cfm_by_length": lambda f, out, task: cfm_length_figure(f, out, task=task, meta=meta),
         "training_curves": lambda f, out, task: curves_figure(f, out, task=task, meta=meta),
         "ablation": lambda f, out, task: ablation_figure(f, out, meta, accuracy, task=task),
+        "training_logs": lambda f, out, task: train_logs_figure(logs if task is None else logs[logs["task"] == task],
+                                                               out, task, meta),
     }
     for name in paths.FIGURE_TITLES:
         draw[name](frame, figures_dir / paths.fill(paths.FIGURE_NAME, name=name), None)

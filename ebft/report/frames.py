@@ -10,6 +10,7 @@ Row names come from the resolved variant parameters the workflow passes in (``me
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,30 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     frame["method"] = pd.Categorical(frame["method"], categories=METHOD_ORDER, ordered=True)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     return frame
+
+
+#: Training-log metrics the report draws over training (figure ``training_logs``), where a run logs them.
+LOG_METRICS = ["train/loss", "rlvr/reward_mean", "rlvr/pass_rate", "ebft/reward", "ebft/cfm"]
+
+
+def load_train_logs(paths: list[Path]) -> pd.DataFrame:
+    """Tidy frame of the :data:`LOG_METRICS` in runs' ``train_log.jsonl`` files (columns: task, method,
+    variant, seed, step, metric, value); the run comes from the path
+    (``.../{task}/{method}/{variant}/seed{seed}/train_log.jsonl``, :data:`ebft.paths.RUN_LOG`); records
+    without a ``step`` (events) and null values are skipped."""
+    rows = []
+    for path in paths:
+        task, method, variant, seed = Path(path).parts[-5:-1]
+        for line in Path(path).read_text().splitlines():
+            rec = json.loads(line)
+            if "event" in rec or rec.get("step") is None:
+                continue
+            for metric in LOG_METRICS:
+                if rec.get(metric) is not None:
+                    rows.append({"task": task, "method": method, "variant": variant,
+                                 "seed": int(seed.removeprefix("seed")), "step": int(rec["step"]),
+                                 "metric": metric, "value": float(rec[metric])})
+    return pd.DataFrame(rows, columns=["task", "method", "variant", "seed", "step", "metric", "value"])
 
 
 def accuracy_metric(frame: pd.DataFrame, config_name: str = "") -> str:

@@ -37,7 +37,8 @@ def report_outputs():
 
 rule aggregate:
     input:
-        eval_targets(),
+        results=eval_targets(),
+        logs=[fill(paths.RUN_LOG, task=r.task, method=r.method, variant=r.variant, seed=r.seed) for r in RUNS],
     output:
         **report_outputs(),
     params:
@@ -51,5 +52,5 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "python -m ebft.report --results {input} --tables {params.tables} --figures {params.figures} "
-        "--meta {params.meta:q} > {log} 2>&1"
+        "python -m ebft.report --results {input.results} --logs {input.logs} --tables {params.tables} "
+        "--figures {params.figures} --meta {params.meta:q} > {log} 2>&1"
