@@ -94,3 +94,17 @@ def test_length_sorted_batches_keep_the_callers_order(tok_model):
     alone = generate(model, tok, [PROMPTS[k] for k in first], kind="code_qa", num_samples=2, temperature=0.8,
                      max_new_tokens=12, seed=3, stop_when_graded=True)
     assert [forward[k] for k in first] == [alone.texts[:2], alone.texts[2:]]
+
+
+def test_chat_prompts_wrap_code_in_the_template_and_need_one(tmp_path):
+    from ebft.generation import CODE_INSTRUCTION, chat_prompts
+
+    tok = tiny_tokenizer(tmp_path)
+    with pytest.raises(ValueError, match="chat_template: true, but the tokenizer has no chat template"):
+        chat_prompts(tok, ["def f(x):\n"], "code_qa")
+    tok.chat_template = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
+                         "{% if add_generation_prompt %}<a>{% endif %}")
+    code, text = chat_prompts(tok, ["def f(x):\n"], "humaneval")[0], chat_prompts(tok, ["English: cat\nGerman:"],
+                                                                                  "translation")[0]
+    assert code == f"<u>{CODE_INSTRUCTION}```python\ndef f(x):\n```</u><a>"
+    assert text == "<u>English: cat\nGerman:</u><a>"
