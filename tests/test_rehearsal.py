@@ -26,7 +26,7 @@ def rehearsal_config() -> dict:
 
 
 def cut_rehearsal() -> dict:
-    """The rehearsal with every count cut: 2 optimizer steps per run, a handful of rows and problems."""
+    """The rehearsal with every count cut: 1 or 2 optimizer steps per run, a handful of rows and problems."""
     cfg = copy.deepcopy(rehearsal_config())
     cfg["name"] = "rehearsal-cut"
     data = cfg["hub_data"]
@@ -38,9 +38,12 @@ def cut_rehearsal() -> dict:
     for method in cfg["methods"].values():
         method["defaults"].update(max_steps=2, resume_every=1, log_every=1)
     cfg["methods"]["sft"]["defaults"].update(batch_size=2, micro_batch_size=2)
-    cfg["methods"]["rlvr"]["defaults"].update(batch_size=2, micro_batch_size=2, num_samples=2, max_new_tokens=16)
+    # SmolLM2's sampling steps dominate: one optimizer step for the sampling methods (the checkpoint half-way
+    # through is then step 1, the last one)
+    cfg["methods"]["rlvr"]["defaults"].update(max_steps=1, batch_size=2, micro_batch_size=2, num_samples=2,
+                                              max_new_tokens=12)
     cfg["methods"]["rlvr"]["per_task"]["translation"]["max_new_tokens"] = 8
-    cfg["methods"]["ebft"]["defaults"].update(batch_size=1, micro_batch_size=1, num_samples=2)
+    cfg["methods"]["ebft"]["defaults"].update(max_steps=1, batch_size=1, micro_batch_size=1, num_samples=2)
     ev = cfg["evaluation"]
     ev["ce"] = {"max_chunks": 2, "batch_size": 2}
     ev["cfm"].update(max_chunks=1, batch_size=1, num_samples=2)
