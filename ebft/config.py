@@ -486,8 +486,8 @@ def checkpoint_names(params: Mapping[str, Any]) -> tuple[str, ...]:
 def plan_spec(config: dict[str, Any], task: str) -> dict[str, Any]:
     """What rule ``plan_runs`` resolves and checks for ``task`` (:func:`ebft.plan.plan_task`): the task's
     training keys, each (method, variant) of its runs with its resolved keys and base model key, the models
-    evaluated as base, the feature network, a hub SFT warm start, the ``cfm_by_length`` completion lengths and
-    the evaluations' ``max_new_tokens``. The model keys it names are :func:`plan_models`."""
+    evaluated as base, the feature network, a hub SFT warm start, the ``cfm_by_length`` completion lengths,
+    the evaluations' ``max_new_tokens`` and the evaluations that prompt through a chat template. The model keys it names are :func:`plan_models`."""
     spec = config["tasks"][task]
     grid = [r for r in run_grid(config) if r.task == task]
     runs = {(r.method, r.variant): {"method": r.method, "variant": r.variant, "params": r.params,
@@ -496,6 +496,7 @@ def plan_spec(config: dict[str, Any], task: str) -> dict[str, Any]:
     evaluation = config.get("evaluation") or {}
     new_tokens = {g: EVALUATIONS[g].settings(evaluation)["max_new_tokens"] for g in groups
                   if "max_new_tokens" in EVALUATIONS[g].settings(evaluation)}
+    chat = [g for g in groups if EVALUATIONS[g].settings(evaluation).get("chat_template")]
     warm = spec.get("sft_warm_start", "own")
     return {"task": task, "task_spec": train_task_spec(config, task), "runs": list(runs.values()),
             "eval_models": base_models(config, task, grid), "feature_model": spec.get("feature_model",
@@ -503,7 +504,7 @@ def plan_spec(config: dict[str, Any], task: str) -> dict[str, Any]:
             "sft_warm_start": None if warm == "own" else warm,
             "gen_lens": (evaluation.get("cfm_by_length") or {}).get("gen_lens", []) if "cfm_by_length" in groups
             else [],
-            "eval_max_new_tokens": new_tokens}
+            "eval_max_new_tokens": new_tokens, "eval_chat_template": chat}
 
 
 def plan_models(spec: Mapping[str, Any]) -> list[str]:

@@ -21,7 +21,9 @@ would fail inside a (queued, GPU) training job fails in this CPU job instead:
   prompts are cut from the left);
 * vocabularies: each model's tokenizer fits its embedding (``len(tokenizer) <= vocab_size``); the feature
   network and a hub SFT warm start read the policy's token ids, so their vocabulary must equal the base
-  model's.
+  model's;
+* chat templates: an RLVR run or an evaluation with ``chat_template: true`` needs a tokenizer that has one
+  (a base model has none: the dress rehearsal with a hub base model in place of SmolLM2 drops the key).
 
 The plan (``results/plan/{task}.json``) lists per run the training items, ``T`` and ``{checkpoint name:
 step}``, per model the numbers checked, and the warnings. The trainer resolves the same checkpoints with the
@@ -81,6 +83,9 @@ def plan_task(spec: Mapping[str, Any], data_dir: str | Path, models: Mapping[str
         except ConfigError as err:  # the DAG-time checks (ebft.checks) report these first
             problems.append(str(err) if str(err).startswith(where) else f"{where}: {err}")
             continue
+        if getattr(method_cfg, "chat_template", False) and not _has_chat_template(facts[run["model"]]):
+            problems.append(f"{where}: chat_template: true, but the tokenizer of models.{run['model']} has no "
+                            f"chat template (a base model?); set it to false")
         if entry.inputs == "prompts":
             items, unit = len(rows), "prompts"
             for is_error, message in _generation_checks(where, method_cfg, rows, facts[run["model"]]):
@@ -160,12 +165,21 @@ def _model_problems(spec: Mapping[str, Any], facts: Mapping[str, dict[str, Any]]
         if limit is not None and seq_len > limit:
             yield (f"tasks.{task}.seq_len: chunks of {seq_len} tokens, but models.{key} has "
                    f"max_position_embeddings {limit}")
+    for group in spec.get("eval_chat_template", []):
+        for key in base_keys:
+            if not _has_chat_template(facts[key]):
+                yield (f"evaluation.{group}.chat_template: true, but the tokenizer of models.{key} has no chat "
+                       f"template (a base model?); set it to false")
     for group, new_tokens in spec.get("eval_max_new_tokens", {}).items():
         for key in base_keys:
             limit = facts[key]["max_position_embeddings"]
             if limit is not None and new_tokens >= limit:
                 yield (f"evaluation.{group}.max_new_tokens: {new_tokens} leaves no room for a prompt in "
                        f"models.{key}'s {limit} positions")
+
+
+def _has_chat_template(fx: Mapping[str, Any]) -> bool:
+    return bool(getattr(fx["_tokenizer"], "chat_template", None))
 
 
 def _generation_checks(where: str, cfg: Any, rows: list[dict[str, Any]],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from ebft.config import (
     run_grid,
 )
 from ebft.data.prepare import prepare_task
+from ebft.modeling import load_tokenizer
 from ebft.plan import plan_task
 from tests.helpers import tiny_model, tiny_tokenizer
 
@@ -186,6 +188,28 @@ def test_plan_names_every_data_and_model_problem(world):
     text = _problems(cfg, data, dirs)
     assert re.search(r"methods\.rlvr variant 'default' \(task code_qa\): checkpoint_steps \[6, 13\] lie beyond "
                      r"the run's 5 optimizer steps", text), text
+
+
+def test_chat_template_without_one_in_the_tokenizer_names_the_key(world, tmp_path):
+    """The rehearsal's keys on a model without a chat template (a hub base model in place of SmolLM2) fail in
+    the plan job, naming each key, not in the RLVR or evaluation job."""
+    cfg, data, dirs = world
+    cfg = copy.deepcopy(cfg)
+    cfg["methods"]["rlvr"]["defaults"]["chat_template"] = True
+    cfg["evaluation"].setdefault("humaneval", {})["chat_template"] = True
+    lines = _problems(cfg, data, dirs).splitlines()[1:]
+    assert len(lines) == 2, lines
+    for pattern in (r"methods\.rlvr variant 'default' \(task code_qa\): chat_template: true, but the tokenizer "
+                    r"of models\.tiny has no chat template",
+                    r"^\s*evaluation\.humaneval\.chat_template: true, but the tokenizer of models\.tiny has no "
+                    r"chat template"):
+        assert any(re.search(pattern, line) for line in lines), (pattern, lines)
+    tok = load_tokenizer(dirs["tiny"])
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    shutil.copytree(dirs["tiny"], tmp_path / "chat")  # the same model with a template passes
+    tok.save_pretrained(tmp_path / "chat")
+    plan = _plan(cfg, data, {**dirs, "tiny": tmp_path / "chat"})
+    assert {r["method"] for r in plan["runs"]} >= {"rlvr"}
 
 
 def test_plan_rejects_a_tokenizer_larger_than_the_embedding(world, tmp_path):

@@ -50,6 +50,10 @@ def cut_rehearsal() -> dict:
                                               max_new_tokens=12)
     cfg["methods"]["rlvr"]["per_task"]["translation"]["max_new_tokens"] = 8
     cfg["methods"]["ebft"]["defaults"].update(max_steps=1, batch_size=1, micro_batch_size=1, num_samples=2)
+    # evaluated checkpoints of SFT only (the one-step runs' half-way point is their final model): each
+    # evaluation job of a 30-layer model costs seconds of start-up and loading
+    for method in ("rlvr", "ebft"):
+        cfg["methods"][method]["defaults"]["checkpoint_fractions"] = []
     ev = cfg["evaluation"]
     ev["ce"] = {"max_chunks": 2, "batch_size": 2}
     ev["cfm"].update(max_chunks=1, batch_size=1, num_samples=2)
@@ -71,6 +75,21 @@ def test_rehearsal_plans_every_method_on_every_task(tmp_path):
         assert counts[rule] == expected[rule], rule
     assert counts["convert_gguf"] == 1 and counts["export_hub_data"] == 3 and counts["plan_runs"] == 3
     assert "download_dataset" not in counts and "download_model" not in counts and "pretrain_base" not in counts
+
+
+def test_dress_rehearsal_with_a_hub_model_plans_its_download(tmp_path):
+    """The same file with the model switched to a hub base model (the dress rehearsal on one GPU) plans the
+    download in place of the GGUF conversion and keeps every run and evaluation."""
+    cfg = rehearsal_config()
+    cfg["models"]["smollm2"] = {"source": "hub", "repo_id": "Qwen/Qwen2.5-0.5B"}
+    cfg["methods"]["rlvr"]["per_task"]["code_qa"].pop("chat_template")
+    for group in ("unit_tests", "humaneval"):
+        cfg["evaluation"][group].pop("chat_template")
+    counts = dry_run_counts_of(cfg, tmp_path)
+    assert counts["download_model"] == 1 and "convert_gguf" not in counts
+    shipped = dry_run_counts_of(rehearsal_config(), tmp_path / "shipped")
+    assert {r: c for r, c in counts.items() if r != "download_model"} == {
+        r: c for r, c in shipped.items() if r != "convert_gguf"}
 
 
 @pytest.mark.slow
