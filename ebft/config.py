@@ -487,7 +487,8 @@ def plan_spec(config: dict[str, Any], task: str) -> dict[str, Any]:
     """What rule ``plan_runs`` resolves and checks for ``task`` (:func:`ebft.plan.plan_task`): the task's
     training keys, each (method, variant) of its runs with its resolved keys and base model key, the models
     evaluated as base, the feature network, a hub SFT warm start, the ``cfm_by_length`` completion lengths,
-    the evaluations' ``max_new_tokens`` and the evaluations that prompt through a chat template. The model keys it names are :func:`plan_models`."""
+    the evaluations' ``max_new_tokens`` and the evaluations that prompt through a chat template. The model
+    keys it names are :func:`plan_models`."""
     spec = config["tasks"][task]
     grid = [r for r in run_grid(config) if r.task == task]
     runs = {(r.method, r.variant): {"method": r.method, "variant": r.variant, "params": r.params,
