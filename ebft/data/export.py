@@ -18,7 +18,11 @@ Rule ``export_hub_data`` writes each ``hub_data.<name>`` section of a config (an
 section) to ``results/hub_data/<name>`` (:func:`export_generated`).
 
 Files: ``<out>/train.parquet``, ``<out>/validation.parquet``, ``<out>/test.parquet`` (``datasets`` names the
-splits after the files), written atomically.
+splits after the files), written atomically. Test records whose ``origin`` never occurs in the training split
+(the real Django catalog pairs of the translation generator next to its synthetic ones) are an
+out-of-distribution set, as MTNT is a dataset of its own in the paper: they go to ``<out>/ood.parquet`` (a
+name ``datasets`` assigns to no split), which a task reads back with ``data.ood_test: {path:
+<out>/ood.parquet, origin: <origin>}``.
 """
 
 from __future__ import annotations
@@ -66,24 +70,29 @@ def hub_row(rec: dict[str, Any], kind: str) -> dict[str, str]:
 
 
 def write_hub_format(splits: dict[str, list[dict[str, Any]]], kind: str, out: str | Path) -> dict[str, int]:
-    """Write ``{train, valid, test: [record, ...]}`` (records of ``kind``) as parquet files under ``out``;
-    returns the row count per hub split."""
+    """Write ``{train, valid, test: [record, ...]}`` (records of ``kind``) as parquet files under ``out``, test
+    records of an origin absent from ``train`` to ``ood.parquet``; returns the row count per file."""
     import pandas as pd
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    seen = {r.get("origin") for r in splits["train"]}
+    files = {hub: [r for r in splits[split] if split != "test" or r.get("origin") in seen]
+             for split, hub in HUB_SPLITS.items()}
+    ood = [r for r in splits["test"] if r.get("origin") not in seen]
+    if ood:
+        files["ood"] = ood
     counts = {}
-    for split, hub_split in HUB_SPLITS.items():
-        rows = [hub_row(r, kind) for r in splits[split]]
-        fd, tmp = tempfile.mkstemp(prefix=f".{hub_split}.", suffix=".parquet", dir=out)
+    for name, records in files.items():
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".parquet", dir=out)
         os.close(fd)
         try:
-            pd.DataFrame(rows).to_parquet(tmp, index=False)
-            os.replace(tmp, out / f"{hub_split}.parquet")
+            pd.DataFrame([hub_row(r, kind) for r in records]).to_parquet(tmp, index=False)
+            os.replace(tmp, out / f"{name}.parquet")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        counts[hub_split] = len(rows)
+        counts[name] = len(records)
     return counts
 
 

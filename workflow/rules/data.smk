@@ -23,13 +23,21 @@ def data_spec(task):
     return spec
 
 
+def data_input(path):
+    """The file or directory a rule must provide for a dataset path: a file inside a `hub_data` export (e.g.
+    its `ood.parquet`) is provided by the export's directory."""
+    parts = Path(dataset_dir(path)).parts
+    export = Path(paths.HUB_DATA).parts[:-1]
+    return str(Path(*parts[: len(export) + 1])) if parts[: len(export)] == export else dataset_dir(path)
+
+
 def data_inputs(wildcards):
     """The downloaded (or local, possibly rule-written) datasets of a hub task."""
     spec = config["tasks"][wildcards.task]["data"]
     if spec["source"] != "hub":
         return []
     extra = [spec["ood_test"]] if spec.get("ood_test") else []
-    return sorted({dataset_dir(s["path"]) for s in [*spec["splits"].values(), *extra]})
+    return sorted({data_input(s["path"]) for s in [*spec["splits"].values(), *extra]})
 
 
 rule prepare_data:
