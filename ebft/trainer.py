@@ -571,11 +571,10 @@ class Trainer:
             if is_peft(unwrapped):
                 save_adapter(unwrapped, self.out_dir / ADAPTER_DIR)
             self._write_log({"event": "end", "step": total})
+            (self.out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)  # declared even when empty
             staged_dirs = (self.resume_dir / "checkpoints").glob("*")
             for staged in sorted(d for d in staged_dirs if re.fullmatch(CHECKPOINT_NAME, d.name)):
-                dst = self.out_dir / "checkpoints" / staged.name
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                replace_dir(staged, dst)
+                replace_dir(staged, self.out_dir / "checkpoints" / staged.name)
             tmp = self.out_dir / "train_log.jsonl.tmp"
             shutil.copyfile(self._log_path(), tmp)
             os.replace(tmp, self.out_dir / "train_log.jsonl")

@@ -52,6 +52,17 @@ def test_sft_reduces_loss_and_writes_outputs(tmp_path):
         assert torch.equal(p.detach(), q)
 
 
+def test_a_run_without_checkpoints_still_writes_the_declared_directory(tmp_path):
+    """Rule train_* declares ``checkpoints/`` for every run; a run that saves none leaves it empty, not absent
+    (Snakemake would fail the finished job on a missing output)."""
+    tok = tiny_tokenizer(tmp_path)
+    trainer = Trainer(TrainConfig.from_dict({**CFG, "checkpoint_steps": [], "max_steps": 2}), tmp_path / "run",
+                      show_progress=False)
+    trainer.fit(tiny_model(tok, seed=1), tok, _data(tok), SFTObjective())
+    assert (tmp_path / "run" / "model" / "config.json").exists()
+    assert (tmp_path / "run" / "checkpoints").is_dir() and not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
 def test_resume_matches_uninterrupted_run(tmp_path):
     tok = tiny_tokenizer(tmp_path)
     data = _data(tok)
