@@ -187,3 +187,14 @@ def test_whitened_reference_form_equals_cfm_for_unit_unwhitened_features_only(mo
     other = validation_cfm(model, _fixed_features(monkeypatch, _Feats(phi, psi, w_phi, psi_n)), packed, **kw)[0]
     assert other["eval/cfm"] == same["eval/cfm"]
     assert abs(other["eval/cfm_whitened_ref"] - other["eval/cfm"]) > 0.1
+
+
+def test_max_examples_keeps_the_first_rows_of_each_origin():
+    """``translation.max_examples`` cuts the in-distribution test rows and an appended out-of-distribution set
+    (``data.ood_test``) separately, so a cut evaluation still reports both."""
+    from ebft.evaluation.jobs import first_per_origin
+
+    rows = [{"origin": "hub", "i": i} for i in range(5)] + [{"origin": "django", "i": i} for i in range(3)]
+    assert [(r["origin"], r["i"]) for r in first_per_origin(rows, 2)] == [
+        ("hub", 0), ("hub", 1), ("django", 0), ("django", 1)]
+    assert first_per_origin(rows, 10) == rows

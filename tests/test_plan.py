@@ -268,8 +268,10 @@ def test_hub_format_reads_back_through_the_hub_loader(tmp_path):
                            "test": {"path": str(hub[task]), "split": "test"}}}
         back = tmp_path / "back" / task
         prepare_task(task, spec, back)
+        trained = {r.get("origin") for r in read_split(tmp_path / "prepared" / task / "train.jsonl", kind)}
         for split in ("train", "valid", "test"):
             a = read_split(tmp_path / "prepared" / task / f"{split}.jsonl", kind)
+            a = [r for r in a if r.get("origin") in trained]  # the others are the OOD set (test below)
             b = read_split(back / f"{split}.jsonl", kind)
             assert [(r["question"], r["answer"]) for r in a] == [(r["question"], r["answer"]) for r in b]
             if kind == "translation":
@@ -278,6 +280,31 @@ def test_hub_format_reads_back_through_the_hub_loader(tmp_path):
             if kind == "code_qa":
                 assert [r["entry_point"] for r in a] == [r["entry_point"] for r in b]
                 assert all("def check(candidate):" in r["test"] for r in b)
+
+
+def test_real_translation_pairs_export_as_an_ood_set_and_read_back_through_ood_test(tmp_path):
+    """Test rows of an origin absent from train (the real Django pairs) go to ``ood.parquet``; ``data.ood_test``
+    reads them back with their origin, after the in-distribution test rows (what ``ood_origins`` reports)."""
+    from ebft.data.export import HUB_COLUMNS, export_prepared
+    from ebft.data.jsonl import read_split
+
+    prepared, hub = tmp_path / "prepared", tmp_path / "hub"
+    prepare_task("translation", {"source": "synthetic_translation", "seed": 0, "real_test": True,
+                                 "real_test_max": 2, "sizes": {"train": 20, "valid": 6, "test": 6}}, prepared)
+    test = read_split(prepared / "test.jsonl", "translation")
+    real = [r for r in test if r["origin"] == "django"]
+    assert real and len(real) < len(test)
+    counts = export_prepared(prepared, "translation", hub)
+    assert counts["ood"] == len(real) and counts["test"] == len(test) - len(real)
+    spec = {"source": "hub", "kind": "translation", "columns": HUB_COLUMNS["translation"],
+            "splits": {s: {"path": str(hub), "split": h} for s, h in
+                       (("train", "train"), ("valid", "validation"), ("test", "test"))},
+            "ood_test": {"path": str(hub / "ood.parquet"), "origin": "django"}}
+    prepare_task("translation", spec, tmp_path / "back")
+    back = read_split(tmp_path / "back" / "test.jsonl", "translation")
+    assert [r["origin"] for r in back] == ["hub"] * (len(test) - len(real)) + ["django"] * len(real)
+    assert [(r["source"], r["reference"]) for r in back[-len(real):]] == [(r["source"], r["reference"])
+                                                                         for r in real]
 
 
 @pytest.fixture(scope="module")

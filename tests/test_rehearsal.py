@@ -38,7 +38,8 @@ def cut_rehearsal() -> dict:
     data = cfg["hub_data"]
     data["code_qa"]["sizes"] = {"train": 24, "valid": 6, "test": 2}
     data["code_unstructured"]["sizes"] = {"train": 16, "valid": 4, "test": 2}
-    data["translation"].update(sizes={"train": 24, "valid": 6, "test": 2}, real_test=False)
+    # one Django catalog entry per direction: the out-of-distribution set (hub_data/translation/ood.parquet)
+    data["translation"].update(sizes={"train": 24, "valid": 6, "test": 2}, real_test_max=1)
     for task in cfg["tasks"].values():
         task["seq_len"] = 64
     for method in cfg["methods"].values():
@@ -118,5 +119,8 @@ def test_cut_rehearsal_runs_the_whole_dag_on_smollm2(tmp_path):
     rlvr_log = [json.loads(line) for line in
                 (work / "results/runs/code_qa/rlvr/default/seed0/train_log.jsonl").read_text().splitlines()]
     assert any("rlvr/reward_mean" in r or "train/reward" in r for r in rlvr_log), rlvr_log[:3]
+    # the real pairs went through data.ood_test: out-of-distribution metrics next to the in-distribution ones
+    translation = json.loads((work / "results/eval/translation/base/smollm2/seed0/final/translation.json").read_text())
+    assert "eval/ood/chrf" in translation["metrics"] and "eval/chrf" in translation["metrics"], translation
     plan = json.loads((work / "results/plan/code_qa.json").read_text())
     assert plan["models"]["smollm2"]["vocab_size"] == 49152

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,18 @@ def run_cfm_by_length(job: EvalJob, loaded: Loaded | None = None) -> None:
     _run_cfm(job, loaded, by_length=True)
 
 
+def first_per_origin(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` records of each ``origin``, in order: an out-of-distribution set appended to the test
+    split (``data.ood_test``) keeps its own ``limit`` rows instead of being cut away."""
+    seen: Counter[str | None] = Counter()
+    kept = []
+    for r in records:
+        seen[r.get("origin")] += 1
+        if seen[r.get("origin")] <= limit:
+            kept.append(r)
+    return kept
+
+
 def run_translation(job: EvalJob, loaded: Loaded | None = None) -> None:
     """Greedy translations of the test split; BLEU/chrF (sacrebleu) and COMET (isolated environment)."""
     from ebft.evaluation.translation import evaluate_translation
@@ -177,7 +190,7 @@ def run_translation(job: EvalJob, loaded: Loaded | None = None) -> None:
     loaded = loaded or Loaded(job.model)
     records = _split(job, loaded, "translation")
     if spec.get("max_examples"):
-        records = records[: spec["max_examples"]]
+        records = first_per_origin(records, spec["max_examples"])
     tok, model = loaded.tokenizer(), loaded.model()
     t0 = time.time()
     outs = generate_batched(model, tok, [r["question"] for r in records], kind="translation", num_samples=1,
