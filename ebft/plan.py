@@ -84,8 +84,7 @@ def plan_task(spec: Mapping[str, Any], data_dir: str | Path, models: Mapping[str
             problems.append(str(err) if str(err).startswith(where) else f"{where}: {err}")
             continue
         if getattr(method_cfg, "chat_template", False) and not _has_chat_template(facts[run["model"]]):
-            problems.append(f"{where}: chat_template: true, but the tokenizer of models.{run['model']} has no "
-                            f"chat template (a base model?); set it to false")
+            problems.append(_no_chat_template(f"{where}: chat_template", run["model"]))
         if entry.inputs == "prompts":
             items, unit = len(rows), "prompts"
             for is_error, message in _generation_checks(where, method_cfg, rows, facts[run["model"]]):
@@ -168,8 +167,7 @@ def _model_problems(spec: Mapping[str, Any], facts: Mapping[str, dict[str, Any]]
     for group in spec.get("eval_chat_template", []):
         for key in base_keys:
             if not _has_chat_template(facts[key]):
-                yield (f"evaluation.{group}.chat_template: true, but the tokenizer of models.{key} has no chat "
-                       f"template (a base model?); set it to false")
+                yield _no_chat_template(f"evaluation.{group}.chat_template", key)
     for group, new_tokens in spec.get("eval_max_new_tokens", {}).items():
         for key in base_keys:
             limit = facts[key]["max_position_embeddings"]
@@ -180,6 +178,10 @@ def _model_problems(spec: Mapping[str, Any], facts: Mapping[str, dict[str, Any]]
 
 def _has_chat_template(fx: Mapping[str, Any]) -> bool:
     return bool(getattr(fx["_tokenizer"], "chat_template", None))
+
+
+def _no_chat_template(key: str, model: str) -> str:
+    return f"{key}: true, but the tokenizer of models.{model} has no chat template (a base model?); set it to false"
 
 
 def _generation_checks(where: str, cfg: Any, rows: list[dict[str, Any]],
