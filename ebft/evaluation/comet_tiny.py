@@ -129,15 +129,17 @@ def build_tiny_comet(
 
 
 def _canonical_unigram(tok, texts: list[str]):
-    """Round Unigram piece scores, give single characters their scores by frequency, and sort pieces by
-    (score, text), so that the tokenizer, its ids and the checkpoint are reproducible.
+    """Give the trained Unigram pieces scores computed from exact counts, and order them by (score, text), so
+    that the tokenizer, its ids and the checkpoint are the same in every process.
 
-    The Unigram EM of ``tokenizers`` sums in a run-dependent order, so piece scores differ between runs in
-    the last bits (~1e-15): rounded to 8 decimals. The trainer also adds every character of the alphabet as a
-    piece, with scores spaced by 1e-4 in the iteration order of a hash set, which changes from process to
-    process: the single-character pieces keep the same scores, handed out in a fixed order (most frequent
-    character in ``texts`` first, then by character).
+    The Unigram EM of ``tokenizers`` sums in a process-dependent (hash) order: its piece scores differ between
+    runs by up to ~1e-10, and the single characters it adds get scores spaced by 1e-4 in hash-set order. No
+    rounding grid is safe against such noise (a value near a rounding boundary still flips). So only the
+    trainer's *set* of pieces is kept, and each piece ``p`` gets ``log(c(p) / sum_q c(q))``, where ``c(p)`` is
+    the number of occurrences of ``p`` as a substring of the normalized, pre-tokenized ``texts`` (integer
+    counts, so the floats are a function of the texts alone; ties are ordered by the piece text).
     """
+    import math
     from collections import Counter
 
     from tokenizers import Tokenizer
@@ -147,14 +149,22 @@ def _canonical_unigram(tok, texts: list[str]):
     n_special = len(SPECIAL_TOKENS)
     if [piece for piece, _ in vocab[:n_special]] != SPECIAL_TOKENS:
         raise RuntimeError(f"unexpected special tokens at the head of the Unigram vocab: {vocab[:n_special]}")
-    pieces = [(piece, round(score, 8)) for piece, score in vocab[n_special:]]
-    counts = Counter(ch for text in texts for ch in text)
-    chars = sorted((p for p, _ in pieces if len(p) == 1), key=lambda c: (-counts[c], c))
-    char_scores = sorted((score for p, score in pieces if len(p) == 1), reverse=True)
-    by_char = dict(zip(chars, char_scores, strict=True))
-    pieces = [(p, by_char.get(p, score)) for p, score in pieces]
-    rest = sorted(pieces, key=lambda x: (-x[1], x[0]))
-    spec["model"]["vocab"] = [list(v) for v in vocab[:n_special]] + [list(v) for v in rest]
+    pieces = {piece for piece, _ in vocab[n_special:]}
+    longest = max((len(p) for p in pieces), default=1)
+    words = Counter(
+        word
+        for text in texts
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))
+    )
+    counts: Counter[str] = Counter()
+    for word, freq in words.items():
+        for i in range(len(word)):
+            for j in range(i + 1, min(len(word), i + longest) + 1):
+                if word[i:j] in pieces:
+                    counts[word[i:j]] += freq
+    total = sum(counts.values())
+    scored = sorted(((p, math.log(max(counts[p], 1) / total)) for p in pieces), key=lambda x: (-x[1], x[0]))
+    spec["model"]["vocab"] = [list(v) for v in vocab[:n_special]] + [list(v) for v in scored]
     return Tokenizer.from_str(json.dumps(spec))
 
 
