@@ -152,9 +152,7 @@ def _canonical_unigram(tok, texts: list[str]):
     pieces = {piece for piece, _ in vocab[n_special:]}
     longest = max((len(p) for p in pieces), default=1)
     words = Counter(
-        word
-        for text in texts
-        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))
+        word for text in texts for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))
     )
     counts: Counter[str] = Counter()
     for word, freq in words.items():
