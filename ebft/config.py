@@ -24,7 +24,7 @@ from typing import Any
 
 from ebft import paths
 from ebft.distributed import DistributedSettings
-from ebft.evaluation import EVALUATIONS, FAMILIES
+from ebft.evaluation import EVALUATIONS
 from ebft.lora import LoraSettings
 from ebft.methods import METHODS, REGISTRY
 
@@ -427,35 +427,36 @@ def on_checkpoints(config: dict[str, Any], group: str) -> bool:
 
 @dataclass(frozen=True)
 class EvalRule:
-    r"""One generated evaluation rule: the groups of ``family`` that one job computes for one model.
+    r"""One generated evaluation rule: every group one job computes for one model of ``task``.
 
-    ``ckpt`` is the rule's ``ckpt`` wildcard pattern: ``final`` (final and base models),
-    :data:`ebft.paths.CHECKPOINT_NAME` (declared checkpoints) or both, when a model gets the same groups either way.
+    ``ckpt`` is the rule's ``ckpt`` wildcard pattern: ``final`` (final and base models) or
+    :data:`ebft.paths.CHECKPOINT_NAME` (declared checkpoints). ``all_cores``: a group of the job runs
+    sandboxed programs in parallel workers (:attr:`ebft.evaluation.Evaluation.all_cores`).
     """
 
     name: str
-    family: str
+    task: str
     groups: tuple[str, ...]
     ckpt: str
 
+    @property
+    def all_cores(self) -> bool:
+        return any(EVALUATIONS[g].all_cores for g in self.groups)
+
 
 def eval_rules(config: dict[str, Any]) -> list[EvalRule]:
-    """The evaluation rules of ``config``: per family (:data:`ebft.evaluation.FAMILIES`), one rule
-    ``eval_<family>`` for the groups any task gets, or, when checkpoints get fewer of them, ``eval_<family>``
-    for final models and ``eval_<family>_ckpt`` for checkpoints."""
-    asked = {g for task in config["tasks"] for g in task_evaluations(config, task)}
+    """The evaluation rules of ``config``: one job per evaluated model, which loads the model (and the
+    feature network) once and writes every group's result. Per task, ``eval_<task>`` computes the task's
+    groups (:func:`task_evaluations`) on its base and final models and ``eval_<task>_ckpt`` those evaluated
+    over training (:func:`on_checkpoints`) on declared checkpoints. Task names are a fixed set (the config
+    schema), so the rule names are too (the Slurm profiles give each its resources)."""
     rules = []
-    for family, members in FAMILIES.items():
-        final = tuple(g for g in members if g in asked)
+    for task in config["tasks"]:
+        final = tuple(task_evaluations(config, task))
         ckpts = tuple(g for g in final if on_checkpoints(config, g))
-        if not final:
-            continue
-        if ckpts == final:
-            rules.append(EvalRule(f"eval_{family}", family, final, paths.CKPT))
-            continue
-        rules.append(EvalRule(f"eval_{family}", family, final, "final"))
+        rules.append(EvalRule(f"eval_{task}", task, final, "final"))
         if ckpts:
-            rules.append(EvalRule(f"eval_{family}_ckpt", family, ckpts, paths.CHECKPOINT_NAME))
+            rules.append(EvalRule(f"eval_{task}_ckpt", task, ckpts, paths.CHECKPOINT_NAME))
     return rules
 
 

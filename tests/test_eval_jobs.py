@@ -1,8 +1,8 @@
-"""One evaluation job per model and family: the same results as one job per group, one model load.
+"""One evaluation job per model: the same results as one job per group, one model load.
 
-``ebft evaluate model`` (:func:`ebft.evaluation.jobs.run_groups`) is what the workflow's ``eval_<family>``
-rules run; ``ebft evaluate <group>`` (:data:`ebft.evaluation.jobs.RUNNERS`) is the single-group path kept for
-rerunning one metric by hand. Both must write the same metrics.
+``ebft evaluate model`` (:func:`ebft.evaluation.jobs.run_groups`) is what the workflow's ``eval_<task>``
+and ``eval_<task>_ckpt`` rules run; ``ebft evaluate <group>`` (:data:`ebft.evaluation.jobs.RUNNERS`) is the
+single-group path kept for rerunning one metric by hand. Both must write the same metrics.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ebft.config import eval_plan, eval_rules, run_grid
 from ebft.data.jsonl import write_jsonl
 from ebft.data.prepare import prepare_task
 from ebft.data.records import RecordError
-from ebft.evaluation import EVALUATIONS, FAMILIES
+from ebft.evaluation import EVALUATIONS
 from ebft.evaluation.jobs import RUNNERS, EvalJob, run_groups
 from ebft.evaluation.results import read_result
 from tests.helpers import HANG_GUARD_S, tiny_model, tiny_tokenizer
@@ -33,7 +33,7 @@ TASK_SPEC = {"kind": "code_qa", "seq_len": 32, "geometry": {"context_len": 4, "s
 SPECS = {"ce": {"max_chunks": 4, "batch_size": 2},
          "cfm": {"max_chunks": 2, "batch_size": 2, "num_samples": 2, "seed": 3},
          "cfm_by_length": {"max_chunks": 1, "batch_size": 1, "num_samples": 2, "gen_lens": [4, 8]}}
-VALIDATION = FAMILIES["validation"]
+VALIDATION = ("ce", "cfm", "cfm_by_length")  #: the groups every task gets (universal), one model load
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +61,34 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_validation_family_equals_one_job_per_group_and_loads_the_model_once(setup, tmp_path, loads):
+def test_one_job_per_model_equals_one_job_per_group_and_loads_the_model_once(setup, tmp_path, loads):
+    """A code_qa model's job (eval_code_qa: every group of the task) writes what each group's own job writes."""
     model, data = setup
-    valid = str(data / "valid.jsonl")
-    outs = {g: str(tmp_path / "family" / f"{g}.json") for g in VALIDATION}
-    run_groups(str(model), META, outs, specs=SPECS, data={"valid": valid}, task_spec=TASK_SPEC,
-               feature_model=str(model))
-    # the base model is its own feature network: one load serves the policy and the features
+    splits = {"valid": str(data / "valid.jsonl"), "test": str(data / "test.jsonl")}
+    code = {"max_problems": 2, "max_new_tokens": 8, "batch_size": 2, "num_samples": 2, "ks": [1, 2], "seed": 1,
+            "timeout_s": 5, "workers": 1}
+    specs = {**SPECS, "unit_tests": code, "humaneval": code}
+    groups = (*VALIDATION, "unit_tests", "humaneval")
+    outs = {g: str(tmp_path / "model" / f"{g}.json") for g in groups}
+    run_groups(str(model), META, outs, specs=specs, data=splits, task_spec=TASK_SPEC, feature_model=str(model))
+    # the base model is its own feature network: one load serves the policy, the features and generation
     assert loads == [str(model)]
-    for group in VALIDATION:
+    for group in groups:
         single = tmp_path / "single" / f"{group}.json"
-        RUNNERS[group](EvalJob(model=str(model), out=str(single), meta=META, spec=SPECS[group], data=valid,
-                               task_spec=TASK_SPEC, feature_model=str(model)), None)
-        family, alone = read_result(outs[group]), read_result(single)
-        assert family["group"] == alone["group"] == group
-        assert family["metrics"] == alone["metrics"] and family["metrics"]
-        assert family["details"] == alone["details"]
+        split = EVALUATIONS[group].split
+        RUNNERS[group](EvalJob(model=str(model), out=str(single), meta=META, spec=specs[group],
+                               data=splits.get(split) if split else None, task_spec=TASK_SPEC,
+                               feature_model=str(model)), None)
+        merged, alone = read_result(outs[group]), read_result(single)
+        assert merged["group"] == alone["group"] == group
+        assert merged["metrics"] == alone["metrics"] and merged["metrics"]
+        assert merged["details"] == alone["details"]
     assert set(read_result(outs["cfm_by_length"])["metrics"]) >= {"eval/cfm_len4", "eval/cfm_len8"}
+    assert set(read_result(outs["humaneval"])["metrics"]) == {"eval/humaneval_greedy", "eval/humaneval_pass@1",
+                                                              "eval/humaneval_pass@2"}
 
 
-def test_a_bad_record_fails_the_family_job_before_any_model_loads(setup, tmp_path, loads):
+def test_a_bad_record_fails_the_model_job_before_any_model_loads(setup, tmp_path, loads):
     model, data = setup
     rows = [json.loads(line) for line in (data / "valid.jsonl").read_text().splitlines()]
     del rows[1]["answer"]
@@ -94,7 +102,7 @@ def test_a_bad_record_fails_the_family_job_before_any_model_loads(setup, tmp_pat
     assert not any(Path(p).exists() for p in outs.values())
 
 
-def test_a_family_job_names_a_missing_split_and_an_unknown_group(setup, tmp_path):
+def test_a_model_job_names_a_missing_split_and_an_unknown_group(setup, tmp_path):
     model, _ = setup
     with pytest.raises(ValueError, match=r"evaluation ce of .*: no valid split given \(--data valid=FILE\)"):
         run_groups(str(model), META, {"ce": str(tmp_path / "ce.json")}, task_spec=TASK_SPEC)
@@ -102,7 +110,7 @@ def test_a_family_job_names_a_missing_split_and_an_unknown_group(setup, tmp_path
         run_groups(str(model), META, {"bleu": str(tmp_path / "bleu.json")})
 
 
-def test_cli_runs_a_family_job_and_rejects_a_malformed_out(setup, tmp_path):
+def test_cli_runs_a_model_job_and_rejects_a_malformed_out(setup, tmp_path):
     model, data = setup
     base = [sys.executable, "-m", "ebft.cli", "evaluate", "model", "--model", str(model), "--meta", json.dumps(META),
             "--task-spec", json.dumps(TASK_SPEC), "--data", f"valid={data / 'valid.jsonl'}",
@@ -116,28 +124,32 @@ def test_cli_runs_a_family_job_and_rejects_a_malformed_out(setup, tmp_path):
     assert read_result(tmp_path / "ce.json")["metrics"]["eval/ce"] > 0
 
 
-def test_families_group_the_cheap_metrics_and_the_rules_cover_the_plan_once():
-    assert FAMILIES["validation"] == ("ce", "cfm", "cfm_by_length")
-    assert all(FAMILIES[g] == (g,) for g in ("unit_tests", "humaneval", "translation"))
+def test_one_rule_per_task_and_model_kind_covers_the_plan_once():
+    assert tuple(g for g, e in EVALUATIONS.items() if e.universal) == VALIDATION
     for config in ("config.yaml", "paper.yaml"):
         cfg = load(config)
         rules = eval_rules(cfg)
         assert len({r.name for r in rules}) == len(rules)
         for job in eval_plan(cfg, run_grid(cfg)):
-            owners = [r for r in rules if job.group in r.groups and re.fullmatch(r.ckpt, job.ckpt)]
+            owners = [r for r in rules if r.task == job.task and job.group in r.groups
+                      and re.fullmatch(r.ckpt, job.ckpt)]
             assert len(owners) == 1, (config, job)
-    names = {r.name: r.groups for r in eval_rules(load("config.yaml"))}
-    assert names == {"eval_validation": ("ce", "cfm", "cfm_by_length"), "eval_validation_ckpt": ("ce", "cfm"),
-                     "eval_unit_tests": ("unit_tests",), "eval_humaneval": ("humaneval",),
-                     "eval_translation": ("translation",)}
-    # without CFM-by-length every validation group is evaluated on checkpoints too: one rule for both
+    rules = {r.name: (r.groups, r.ckpt, r.all_cores) for r in eval_rules(load("config.yaml"))}
+    final, ckpt = paths.CKPT.split("|", 1)
+    assert rules == {
+        "eval_code_qa": ((*VALIDATION, "unit_tests", "humaneval"), final, True),
+        "eval_code_qa_ckpt": (("ce", "cfm", "unit_tests"), ckpt, True),
+        "eval_code_unstructured": ((*VALIDATION, "humaneval"), final, True),
+        "eval_code_unstructured_ckpt": (("ce", "cfm"), ckpt, False),
+        "eval_translation": ((*VALIDATION, "translation"), final, False),
+        "eval_translation_ckpt": (("ce", "cfm"), ckpt, False)}
+    # nothing evaluated over training: no checkpoint rule
     cfg = load("config.yaml")
-    cfg["evaluation"]["cfm_by_length"]["gen_lens"] = []
-    assert [(r.name, r.groups, r.ckpt) for r in eval_rules(cfg)][0] == ("eval_validation", ("ce", "cfm"),
-                                                                       paths.CKPT)
+    for group in ("ce", "cfm", "unit_tests"):
+        cfg["evaluation"].setdefault(group, {})["checkpoints"] = False
+    assert [r.name for r in eval_rules(cfg)] == ["eval_code_qa", "eval_code_unstructured", "eval_translation"]
     assert re.fullmatch(paths.CKPT, "final") and re.fullmatch(paths.CKPT, "frac0.0136")
     assert not re.fullmatch(paths.CHECKPOINT_NAME, "final")
-    assert set(EVALUATIONS) == {g for groups in FAMILIES.values() for g in groups}
 
 
 class _Feats:

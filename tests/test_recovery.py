@@ -64,9 +64,9 @@ def test_forced_evaluation_killed_midway_is_redone(finished, sig):
     results = sorted(finished.glob("results/eval/code_qa/*/*/seed0/*/ce.json"))
     assert len(results) == 3
     before = (finished / SUMMARY).stat().st_mtime
-    interrupt_when(finished, ["--cores", "1", "--forcerun", "eval_validation", "eval_validation_ckpt"],
+    interrupt_when(finished, ["--cores", "1", "--forcerun", "eval_code_qa", "eval_code_qa_ckpt"],
                    lambda: not all(p.exists() for p in results),
-                   "eval_validation job started (Snakemake deleted its results)", sig)
+                   "eval_code_qa job started (Snakemake deleted its results)", sig)
     assert not all(p.exists() for p in results)
     recover(finished)
     assert all(p.exists() for p in results)

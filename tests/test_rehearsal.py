@@ -72,8 +72,8 @@ def test_rehearsal_plans_every_method_on_every_task(tmp_path):
     cfg = rehearsal_config()
     counts = dry_run_counts_of(cfg, tmp_path)
     expected = expected_counts(cfg)
-    for rule in ("train_sft", "train_rlvr", "train_ebft", "eval_validation", "eval_validation_ckpt",
-                 "eval_unit_tests", "eval_humaneval", "eval_translation"):
+    evals = [f"eval_{task}{suffix}" for task in cfg["tasks"] for suffix in ("", "_ckpt")]
+    for rule in ("train_sft", "train_rlvr", "train_ebft", *evals):
         assert counts[rule] == expected[rule], rule
     assert counts["convert_gguf"] == 1 and counts["export_hub_data"] == 3 and counts["plan_runs"] == 3
     assert "download_dataset" not in counts and "download_model" not in counts and "pretrain_base" not in counts

@@ -319,12 +319,12 @@ def smoke_run(tmp_path_factory):
 def test_forcerun_one_evaluation_rule_reruns_only_it_and_its_dependents(smoke_run):
     from tests.smoke_run import run
 
-    out = run(smoke_run, "-n", "--cores", "2", "--forcerun", "eval_validation_ckpt")
+    out = run(smoke_run, "-n", "--cores", "2", "--forcerun", "eval_code_qa_ckpt")
     assert out.returncode == 0, out.stderr[-3000:]
     table = out.stdout.split("Job stats:")[1].split("total")[0]
     counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    # the validation family of the SFT run's step-3 checkpoint (CE and CFM: one job); then the report artefacts
-    assert counts == {"eval_validation_ckpt": 1, "aggregate": 1, "all": 1}, out.stdout[-3000:]
+    # the SFT run's step-3 checkpoint (every group evaluated over training: one job); then the report
+    assert counts == {"eval_code_qa_ckpt": 1, "aggregate": 1, "all": 1}, out.stdout[-3000:]
     nothing = run(smoke_run, "-n", "--cores", "2")
     assert "Nothing to be done" in nothing.stdout + nothing.stderr

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ebft.slurm import GpuCountError, check_visible_gpus, multinode_command
 from tests.helpers import HANG_GUARD_S
@@ -100,13 +101,14 @@ def slurm_cluster():
 
 
 #: CPU-only overrides of profiles/slurm for the local cluster (2 CPUs, partition "debug", no accounting).
-GPU_RULES = ("pretrain_base", "train_sft", "train_rlvr", "train_ebft", "eval_validation")
+GPU_RULES = tuple(rule for rule, res in yaml.safe_load((ROOT / "profiles/slurm/profile.yaml").read_text())[
+    "set-resources"].items() if res.get("gpu"))
 CPU_OVERRIDES = [
     "--default-resources", "slurm_partition=debug", "runtime=20", "mem_mb=1500", "gpu=0", "cpus_per_task=1",
     "--set-resources", *[f"{r}:{k}={v}" for r in GPU_RULES for k, v in
                          (("gpu", 0), ("slurm_partition", "debug"), ("mem_mb", 2000), ("runtime", 20))],
     "--set-threads", *[f"{r}=2" for r in ("pretrain_base", "train_sft", "train_rlvr", "train_ebft",
-                                          "eval_unit_tests", "eval_humaneval")],
+                                          "eval_code_qa", "eval_code_qa_ckpt", "eval_code_unstructured")],
     "--cores", "2", "--jobs", "2", "--latency-wait", "10",
     "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5",
 ]

@@ -74,10 +74,11 @@ def expected_counts(cfg: dict) -> Counter:
                       "convert_gguf": len({m for t in tasks for m in base_models(cfg, t, runs)
                                            if cfg["models"][m]["source"] == "gguf"})})
     datasets -= local
-    rules = eval_rules(cfg)  # one job per model and family: count (rule, model) pairs
+    rules = eval_rules(cfg)  # one job per evaluated model: count (rule, model) pairs
+    jobs = eval_plan(cfg, runs)
     counts.update(rule for rule, *_ in {
-        (next(r.name for r in rules if job.group in r.groups and re.fullmatch(r.ckpt, job.ckpt)),
-         job.task, job.method, job.variant, job.seed, job.ckpt) for job in eval_plan(cfg, runs)})
+        (next(r.name for r in rules if r.task == job.task and job.group in r.groups and re.fullmatch(r.ckpt, job.ckpt)),
+         job.task, job.method, job.variant, job.seed, job.ckpt) for job in jobs})
     for method in trained_methods():
         counts[f"train_{method}"] = sum(r.method == method for r in runs)
     if pretrained:
@@ -86,7 +87,7 @@ def expected_counts(cfg: dict) -> Counter:
     counts["download_model"] = len(hub_models)
     counts["download_dataset"] = len(datasets)
     comet = cfg["evaluation"].get("translation", {}).get("comet_model")
-    if counts["eval_translation"] and comet:
+    if any(job.group == "translation" for job in jobs) and comet:
         counts["build_comet_tiny" if comet == "tiny" else "download_comet"] = 1
     return +counts
 
@@ -117,6 +118,11 @@ def test_dry_run_slurm_profile_gives_training_rules_gpus():
     train = [b for b in blocks if b.startswith("train_sft:")]
     assert train and all(re.search(r"\bgpu=4\b", b) for b in train)
     assert all(re.search(r"\bgpu=0\b", b) for b in blocks if b.startswith("prepare_data:"))
+    # every evaluation rule of the paper's DAG (one per task, final models and checkpoints) has its GPU
+    evals = {b.split(":")[0]: b for b in blocks if b.startswith("eval_")}
+    tasks = ("code_qa", "code_unstructured", "translation")
+    assert set(evals) == {f"eval_{task}{suffix}" for task in tasks for suffix in ("", "_ckpt")}
+    assert all(re.search(r"\bgpu=1\b", b) for b in blocks if b.startswith("eval_"))
 
 
 def test_mistyped_key_fails_before_any_job(tmp_path):

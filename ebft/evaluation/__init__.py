@@ -2,9 +2,10 @@
 
 Each evaluation *group* writes one JSON result per evaluated model (schema: :mod:`ebft.evaluation.results`,
 path: :data:`ebft.paths.EVAL_RESULT`). :data:`EVALUATIONS` says, per group, what its job reads and how it
-is scheduled; the config module's evaluation plan, the workflow's ``eval_<group>`` rules (generated from
-it) and ``ebft evaluate <command>`` (which runs :mod:`ebft.evaluation.jobs`) all read it. This module does
-not import torch.
+is scheduled; the config module's evaluation plan, the workflow's evaluation rules (one job per model,
+``eval_<task>`` and ``eval_<task>_ckpt``, generated from it by :func:`ebft.config.eval_rules`) and
+``ebft evaluate <command>`` (which runs :mod:`ebft.evaluation.jobs`) all read it. This module does not import
+torch.
 """
 
 from __future__ import annotations
@@ -25,10 +26,6 @@ class Evaluation:
     ``checkpoints``: evaluated on declared checkpoints unless ``evaluation.<group>.checkpoints`` says no.
     ``kinds``: the task kinds (``tasks.<task>.kind``) it can evaluate; ``None``: every kind. A task that
     lists it with another kind is a config error when the DAG is built (:mod:`ebft.checks`).
-    ``family``: the groups of one family are computed by one job per model, which loads the model (and the
-    feature network) once and writes each group's result file (default: the group is its own family). A
-    family's groups are all universal, or it has one group, so which groups a model gets depends only on
-    the config and on whether the model is a final model or a checkpoint.
     """
 
     group: str
@@ -43,11 +40,6 @@ class Evaluation:
     universal: bool = False
     checkpoints: bool = False
     kinds: tuple[str, ...] | None = None
-    family: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.family:
-            object.__setattr__(self, "family", self.group)
 
     def settings(self, evaluation_config: dict, final: bool = True) -> dict:
         """The group's resolved settings from the config's ``evaluation`` section, for a final (or base) model
@@ -73,13 +65,11 @@ EVALUATIONS: dict[str, Evaluation] = {
     e.group: e
     for e in (
         Evaluation("ce", "ce", "validation cross-entropy (all tokens and answer tokens)",
-                   "valid", ("ce",), task_spec=True, universal=True, checkpoints=True, family="validation"),
+                   "valid", ("ce",), task_spec=True, universal=True, checkpoints=True),
         Evaluation("cfm", "cfm", "validation CFM loss (unbiased estimator, strided sampler, frozen features)",
-                   "valid", ("cfm",), task_spec=True, feature_network=True, universal=True, checkpoints=True,
-                   family="validation"),
+                   "valid", ("cfm",), task_spec=True, feature_network=True, universal=True, checkpoints=True),
         Evaluation("cfm_by_length", "cfm-by-length", "validation CFM for each completion length in gen_lens",
-                   "valid", ("cfm", "cfm_by_length"), task_spec=True, feature_network=True, universal=True,
-                   family="validation"),
+                   "valid", ("cfm", "cfm_by_length"), task_spec=True, feature_network=True, universal=True),
         Evaluation("unit_tests", "unit-tests", "code_qa test split: greedy pass@1 and sampled pass@k (sandbox)",
                    "test", ("unit_tests",), all_cores=True, checkpoints=True, kinds=("code_qa",)),
         Evaluation("humaneval", "humaneval", "HumanEval pass@k in the sandbox (a model, or a samples file)",
@@ -92,16 +82,3 @@ EVALUATIONS: dict[str, Evaluation] = {
 #: Groups every task gets, in order.
 UNIVERSAL_EVALUATIONS: tuple[str, ...] = tuple(g for g, e in EVALUATIONS.items() if e.universal)
 
-
-def _families() -> dict[str, tuple[str, ...]]:
-    families: dict[str, tuple[str, ...]] = {}
-    for group, evaluation in EVALUATIONS.items():
-        families[evaluation.family] = (*families.get(evaluation.family, ()), group)
-    for family, groups in families.items():
-        if len(groups) > 1 and not all(EVALUATIONS[g].universal for g in groups):
-            raise AssertionError(f"evaluation family {family!r}: a family of several groups must be universal")
-    return families
-
-
-#: family -> its groups, in registry order (one evaluation job per model and family)
-FAMILIES: dict[str, tuple[str, ...]] = _families()

@@ -1,8 +1,8 @@
 """Evaluation jobs: load a model once, compute one or several groups' metrics, write one result file per group.
 
-The workflow runs one job per model and evaluation family (:func:`run_groups`, ``ebft evaluate model``):
-the groups of a family share one :class:`Loaded` (the tokenizer, the model, the frozen feature network and
-the data splits, each read once). ``ebft evaluate <command>`` runs a single group (:data:`RUNNERS`) with the
+The workflow runs one job per evaluated model (:func:`run_groups`, ``ebft evaluate model``): every group
+the model gets shares one :class:`Loaded` (the tokenizer, the model, the frozen feature network and the data
+splits, each read once). ``ebft evaluate <command>`` runs a single group (:data:`RUNNERS`) with the
 same code; :data:`ebft.evaluation.EVALUATIONS` says what each group reads. The metric code itself lives in the
 group's module (:mod:`~ebft.evaluation.ce`, :mod:`~ebft.evaluation.cfm`, :mod:`~ebft.evaluation.code`,
 :mod:`~ebft.evaluation.translation`); this module only wires models, data and results together. Every job

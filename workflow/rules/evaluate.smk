@@ -1,7 +1,7 @@
-# Evaluations of the base model, every final model and every declared checkpoint: one job per model and
-# evaluation family (ebft.evaluation.FAMILIES; ebft.config.eval_rules): eval_validation computes CE, CFM and
-# CFM by length with one model load (eval_validation_ckpt: the groups evaluated on checkpoints),
-# eval_unit_tests, eval_humaneval and eval_translation one group each. Every job writes one result per
+# Evaluations of the base model, every final model and every declared checkpoint: one job per model, which
+# loads it (and the feature network) once (ebft.config.eval_rules): eval_<task> computes every evaluation
+# group of the task on a base or final model (code_qa: CE, CFM, CFM by length, unit tests, HumanEval),
+# eval_<task>_ckpt the groups evaluated over training on a checkpoint. Every job writes one result per
 # group: ebft.paths.EVAL_RESULT (results/eval/{task}/{method}/{variant}/seed{seed}/{ckpt}/{group}.json).
 
 import shlex
@@ -86,6 +86,7 @@ for _rule in eval_rules(config):
         output:
             **{g: fill(paths.EVAL_RESULT, method="{evalmethod}", group=g) for g in _rule.groups},
         wildcard_constraints:
+            task=_rule.task,
             ckpt=_rule.ckpt,
         params:
             model=eval_model_path,
@@ -97,7 +98,7 @@ for _rule in eval_rules(config):
             job_files(_rule.name, EVAL_WILDCARDS)["log"],
         benchmark:
             job_files(_rule.name, EVAL_WILDCARDS)["benchmark"]
-        threads: workflow.cores if any(EVALUATIONS[g].all_cores for g in _rule.groups) else 1
+        threads: workflow.cores if _rule.all_cores else 1
         conda:
             ENV
         shell:
