@@ -267,3 +267,21 @@ def test_training_logs_figure_draws_the_logged_rewards(tmp_path):
     (line,) = panels["rlvr/reward_mean"].get_lines()
     assert list(line.get_ydata()) == [0.25, 0.5, 0.75] and list(line.get_xdata()) == pytest.approx([1 / 3, 2 / 3, 1])
     assert "(3 steps)" in line.get_label()
+
+
+def test_figures_drawn_in_parallel_are_the_files_drawn_one_by_one(frame, tmp_path):
+    """write_figures in forked workers writes the same bytes as in one process (SVGs carry no date and fixed
+    element ids), and a drawing that fails fails the call."""
+    out = {}
+    for workers in (1, 2):
+        figures.write_figures(frame, tmp_path / f"w{workers}", [TASK], META, {}, workers=workers)
+        out[workers] = {p.relative_to(tmp_path / f"w{workers}"): p.read_bytes()
+                        for p in sorted((tmp_path / f"w{workers}").rglob("*.svg"))}
+    assert len(out[1]) == 6 + 5 + len(RUNS) * len(SEEDS)  # overview, per task, one per run
+    assert out[1] == out[2]
+
+    def fail() -> None:
+        raise ValueError("drawing 2 failed")
+
+    with pytest.raises(ValueError, match="drawing 2 failed"):
+        figures._run_all([lambda: None, fail, lambda: None], workers=2)

@@ -17,6 +17,8 @@ and a writer ``*_figure(frame, out, ...)`` that saves it as SVG. Conventions sha
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -55,9 +57,11 @@ def _new(nrows: int, ncols: int, figsize: tuple[float, float]):
 
 
 def _save(fig: Figure, out: Path) -> None:
-    """Write ``fig`` to ``out`` as SVG and close it."""
+    """Write ``fig`` to ``out`` as SVG and close it: no date and fixed element ids (``svg.hashsalt``), so the
+    same results draw the same file."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="svg")
+    with plt.rc_context({"svg.hashsalt": out.name}):
+        fig.savefig(out, format="svg", metadata={"Date": None})
     plt.close(fig)
 
 
@@ -523,10 +527,11 @@ def run_figure(frame: pd.DataFrame, out: Path, method: str, variant: str, seed: 
 
 
 def write_figures(frame: pd.DataFrame, figures_dir: Path, tasks: list[str], meta: dict | None,
-                  numbers: dict, config_name: str = "", logs: pd.DataFrame | None = None) -> None:
+                  numbers: dict, config_name: str = "", logs: pd.DataFrame | None = None, workers: int = 1) -> None:
     """Write the combined figures in ``figures_dir`` and the per-task figures (with one figure per run) in
     ``figures_dir/{task}/``; ``numbers`` (the paper's, drawn in the paper config only) may be empty;
-    ``logs``: the runs' training logs (:func:`ebft.report.frames.load_train_logs`)."""
+    ``logs``: the runs' training logs (:func:`ebft.report.frames.load_train_logs`). ``workers > 1`` draws the
+    figures in that many forked processes (each figure is independent; rendering is most of the time)."""
     logs = logs if logs is not None else pd.DataFrame(columns=["task", "method", "variant", "seed", "step",
                                                                "metric", "value"])
     paper = numbers if config_name == "paper" else None
@@ -540,14 +545,42 @@ def write_figures(frame: pd.DataFrame, figures_dir: Path, tasks: list[str], meta
         "training_logs": lambda f, out, task: train_logs_figure(logs if task is None else logs[logs["task"] == task],
                                                                out, task, meta),
     }
+    jobs: list[Callable[[], None]] = []
     for name in paths.FIGURE_TITLES:
-        draw[name](frame, figures_dir / paths.fill(paths.FIGURE_NAME, name=name), None)
+        jobs.append(partial(draw[name], frame, figures_dir / paths.fill(paths.FIGURE_NAME, name=name), None))
     for task in tasks:
         sub = frame[frame["task"] == task]
         tdir = figures_dir / task
         for name in paths.TASK_FIGURES:
-            draw[name](sub, tdir / paths.fill(paths.FIGURE_NAME, name=name), task)
+            jobs.append(partial(draw[name], sub, tdir / paths.fill(paths.FIGURE_NAME, name=name), task))
         for (method, variant, seed), _ in sub[sub["method"] != "base"].groupby(
                 ["method", "variant", "seed"], observed=True):
             out = tdir / paths.fill(paths.RUN_FIGURE_NAME, method=method, variant=variant, seed=seed)
-            run_figure(sub, out, method, variant, int(seed), meta)
+            jobs.append(partial(run_figure, sub, out, method, variant, int(seed), meta))
+    _run_all(jobs, workers)
+
+
+#: The drawings of the current :func:`_run_all`, inherited by its forked workers.
+_JOBS: list[Callable[[], None]] = []
+
+
+def _run_job(index: int) -> None:
+    _JOBS[index]()
+
+
+def _run_all(jobs: list[Callable[[], None]], workers: int) -> None:
+    """Call every job, in ``workers`` forked processes when more than one (and fork exists); a failing job's
+    exception is raised here."""
+    import multiprocessing as mp
+
+    workers = min(workers, len(jobs))
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        for job in jobs:
+            job()
+        return
+    _JOBS[:] = jobs
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            pool.map(_run_job, range(len(jobs)), chunksize=1)
+    finally:
+        _JOBS.clear()

@@ -47,10 +47,11 @@ rule aggregate:
         figures=paths.FIGURES,
     log:
         job_files("aggregate")["log"],
+    threads: min(4, workflow.cores)  # figures are drawn in parallel processes
     benchmark:
         job_files("aggregate")["benchmark"]
     conda:
         ENV
     shell:
         "python -m ebft.report --results {input.results} --logs {input.logs} --tables {params.tables} "
-        "--figures {params.figures} --meta {params.meta:q} > {log} 2>&1"
+        "--figures {params.figures} --meta {params.meta:q} --workers {threads} > {log} 2>&1"
