@@ -443,6 +443,10 @@ class EvalRule:
     def all_cores(self) -> bool:
         return any(EVALUATIONS[g].all_cores for g in self.groups)
 
+    def owns(self, job: EvalJob) -> bool:
+        """Whether this rule's jobs write ``job``'s result (its task, one of its groups, its kind of model)."""
+        return job.task == self.task and job.group in self.groups and re.fullmatch(self.ckpt, job.ckpt) is not None
+
 
 def eval_rules(config: dict[str, Any]) -> list[EvalRule]:
     """The evaluation rules of ``config``: one job per evaluated model, which loads the model (and the

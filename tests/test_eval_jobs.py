@@ -131,8 +131,7 @@ def test_one_rule_per_task_and_model_kind_covers_the_plan_once():
         rules = eval_rules(cfg)
         assert len({r.name for r in rules}) == len(rules)
         for job in eval_plan(cfg, run_grid(cfg)):
-            owners = [r for r in rules if r.task == job.task and job.group in r.groups
-                      and re.fullmatch(r.ckpt, job.ckpt)]
+            owners = [r for r in rules if r.owns(job)]
             assert len(owners) == 1, (config, job)
     rules = {r.name: (r.groups, r.ckpt, r.all_cores) for r in eval_rules(load("config.yaml"))}
     final, ckpt = paths.CKPT.split("|", 1)

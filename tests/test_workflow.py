@@ -77,8 +77,8 @@ def expected_counts(cfg: dict) -> Counter:
     rules = eval_rules(cfg)  # one job per evaluated model: count (rule, model) pairs
     jobs = eval_plan(cfg, runs)
     counts.update(rule for rule, *_ in {
-        (next(r.name for r in rules if r.task == job.task and job.group in r.groups and re.fullmatch(r.ckpt, job.ckpt)),
-         job.task, job.method, job.variant, job.seed, job.ckpt) for job in jobs})
+        (next(r.name for r in rules if r.owns(job)), job.task, job.method, job.variant, job.seed, job.ckpt)
+        for job in jobs})
     for method in trained_methods():
         counts[f"train_{method}"] = sum(r.method == method for r in runs)
     if pretrained:

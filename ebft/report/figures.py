@@ -570,8 +570,10 @@ def _run_job(index: int) -> None:
 
 def _run_all(jobs: list[Callable[[], None]], workers: int) -> None:
     """Call every job, in ``workers`` forked processes when more than one (and fork exists); a failing job's
-    exception is raised here."""
+    exception is raised here, and a worker that dies (e.g. killed for memory) fails the call instead of
+    hanging it (``BrokenProcessPool``)."""
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
     workers = min(workers, len(jobs))
     if workers <= 1 or "fork" not in mp.get_all_start_methods():
@@ -580,7 +582,7 @@ def _run_all(jobs: list[Callable[[], None]], workers: int) -> None:
         return
     _JOBS[:] = jobs
     try:
-        with mp.get_context("fork").Pool(workers) as pool:
-            pool.map(_run_job, range(len(jobs)), chunksize=1)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            list(pool.map(_run_job, range(len(jobs))))
     finally:
         _JOBS.clear()
